@@ -1,0 +1,180 @@
+"""Every error sanic-chat reports, with a stable wire ``code``.
+
+The tree::
+
+    ChatError                      code           HTTP  meaning
+    ├── ClientError                               (the peer sent something we refuse)
+    │   ├── BadRequest             bad_request    400   not JSON, not an object
+    │   ├── UnknownType            unknown_type   400   a frame type we do not know
+    │   ├── ValidationFailed       validation_error 422 missing or wrong fields
+    │   ├── Unauthorized           unauthorized   401
+    │   ├── NotFound               not_found      404   missing, or another user's
+    │   ├── Conflict               conflict       409   a reply already runs there
+    │   ├── RateLimited            rate_limited   429
+    │   └── TooLarge               too_large      413
+    ├── ProviderError                             (the upstream model failed)
+    │   ├── ProviderFailure        provider_error 502
+    │   ├── ProviderTimeout        provider_timeout 504
+    │   ├── ProviderRateLimited    provider_rate_limited 429
+    │   └── ProviderUnauthorized   provider_unauthorized 502
+    ├── Interrupted                interrupted    500   the process running a reply died
+    ├── Unavailable                unavailable    503   database or bus unreachable; retry
+    └── InternalError              internal       500
+
+Foreign exceptions (httpx, peewee, redis) are translated into this tree at the
+boundary of the adapter that meets them; the core only ever sees these.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ChatError",
+    "ClientError",
+    "Conflict",
+    "Interrupted",
+    "InternalError",
+    "NotFound",
+    "ProviderError",
+    "ProviderFailure",
+    "ProviderRateLimited",
+    "ProviderTimeout",
+    "ProviderUnauthorized",
+    "RateLimited",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownType",
+    "ValidationFailed",
+]
+
+
+class ChatError(Exception):
+    """Base of every error with a wire code. ``message`` is safe to show a user."""
+
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str | None = None, *, ref: str | None = None) -> None:
+        self.message = message or self.default_message()
+        #: the offending frame's client_id / generation_id, echoed in ``error.ref``
+        self.ref = ref
+        super().__init__(self.message)
+
+    @classmethod
+    def default_message(cls) -> str:
+        return cls.code.replace("_", " ")
+
+
+class ClientError(ChatError):
+    http_status = 400
+
+
+class BadRequest(ClientError):
+    code = "bad_request"
+
+
+class UnknownType(ClientError):
+    code = "unknown_type"
+
+
+class ValidationFailed(ClientError):
+    code = "validation_error"
+    http_status = 422
+
+
+class Unauthorized(ClientError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(ClientError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(ClientError):
+    code = "conflict"
+    http_status = 409
+
+
+class RateLimited(ClientError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(
+        self, message: str | None = None, *, ref: str | None = None, retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.retry_after = retry_after
+
+
+class TooLarge(ClientError):
+    code = "too_large"
+    http_status = 413
+
+
+class ProviderError(ChatError):
+    """The upstream model failed. ``retryable`` is true only for failures that may
+    be retried *before the first token* (never after: text would repeat)."""
+
+    code = "provider_error"
+    http_status = 502
+    retryable: bool = False
+
+
+class ProviderFailure(ProviderError):
+    code = "provider_error"
+
+    def __init__(
+        self, message: str | None = None, *, ref: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.retryable = retryable
+
+
+class ProviderTimeout(ProviderError):
+    code = "provider_timeout"
+    http_status = 504
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+    http_status = 429
+    retryable = True
+
+    def __init__(
+        self, message: str | None = None, *, ref: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.retry_after = retry_after
+
+
+class ProviderUnauthorized(ProviderError):
+    code = "provider_unauthorized"
+    http_status = 502
+
+
+class Interrupted(ChatError):
+    code = "interrupted"
+    http_status = 500
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "the process running this reply stopped before it finished"
+
+
+class Unavailable(ChatError):
+    code = "unavailable"
+    http_status = 503
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "the database or bus is unreachable; nothing was stored, retry with the same client_id"
+
+
+class InternalError(ChatError):
+    code = "internal"
+    http_status = 500
