@@ -34,8 +34,8 @@ __all__ = [
     "ChatError",
     "ClientError",
     "Conflict",
-    "Interrupted",
     "InternalError",
+    "Interrupted",
     "NotFound",
     "ProviderError",
     "ProviderFailure",
@@ -146,7 +146,11 @@ class ProviderRateLimited(ProviderError):
     retryable = True
 
     def __init__(
-        self, message: str | None = None, *, ref: str | None = None, retry_after: float | None = None
+        self,
+        message: str | None = None,
+        *,
+        ref: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, ref=ref)
         self.retry_after = retry_after
@@ -172,7 +176,9 @@ class Unavailable(ChatError):
 
     @classmethod
     def default_message(cls) -> str:
-        return "the database or bus is unreachable; nothing was stored, retry with the same client_id"
+        return (
+            "the database or bus is unreachable; nothing was stored, retry with the same client_id"
+        )
 
 
 class InternalError(ChatError):

@@ -24,6 +24,7 @@ __all__ = [
     "CompletionRequest",
     "EventListener",
     "MessageStore",
+    "Models",
     "Posted",
     "Provider",
     "Tail",
@@ -142,7 +143,9 @@ class MessageStore(Protocol):
         if the conversation is missing or foreign."""
         ...
 
-    async def history(self, conversation_id: str, *, before: Message, max_chars: int) -> list[Message]:
+    async def history(
+        self, conversation_id: str, *, before: Message, max_chars: int
+    ) -> list[Message]:
         """The conversation's messages up to and including ``before`` (the new
         user message), oldest first, skipping empty assistant rows, keeping the
         newest ones whose content fits in ``max_chars`` (always at least
@@ -167,7 +170,9 @@ class MessageStore(Protocol):
         stored. If it was already final, return it unchanged."""
         ...
 
-    async def renew_leases(self, node_id: str, message_ids: Sequence[str], until: datetime) -> None: ...
+    async def renew_leases(
+        self, node_id: str, message_ids: Sequence[str], until: datetime
+    ) -> None: ...
 
     async def interrupt_orphans(
         self, *, now: datetime, node_id: str | None = None
@@ -242,4 +247,18 @@ class Bus(Protocol):
 
     async def on_cancel(self, listener: CancelListener) -> None:
         """Register this process's handler of cancel requests."""
+        ...
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Models(Protocol):
+    """The configured models, by name (the providers' catalog)."""
+
+    @property
+    def default(self) -> str: ...
+
+    def get(self, name: str) -> Provider:
+        """The provider of model ``name``; raises :class:`ValidationFailed` if unknown."""
         ...

@@ -1,0 +1,133 @@
+"""The in-process bus: fan-out and live tails for one process.
+
+Listeners run synchronously inside ``publish``, in subscription order, so the
+events of one conversation reach every listener in publish order. A tail
+is kept ``tail_ttl_s`` after its terminal event; after that the database
+serves the finished reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from sanic_chat.core.events import (
+    TERMINAL_TYPES,
+    GenerationDelta,
+    GenerationStarted,
+    ServerEvent,
+    TerminalEvent,
+)
+from sanic_chat.core.ports import CancelListener, EventListener, Tail
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MemoryBus"]
+
+
+class _LiveTail:
+    """Text is kept as parts and joined on demand: appending to one str per
+    delta would copy the whole reply on every token."""
+
+    __slots__ = ("conversation_id", "parts", "started", "terminal")
+
+    def __init__(self, conversation_id: str, started: GenerationStarted) -> None:
+        self.conversation_id = conversation_id
+        self.started = started
+        self.parts: list[str] = []
+        self.terminal: TerminalEvent | None = None
+
+    def snapshot(self) -> Tail:
+        text = "".join(self.parts)
+        if len(self.parts) > 1:
+            self.parts = [text]
+        return Tail(self.started, text, self.terminal, self.conversation_id)
+
+
+class MemoryBus:
+    def __init__(self, *, tail_ttl_s: float = 60.0) -> None:
+        self.tail_ttl_s = tail_ttl_s
+        self._listeners: dict[str, list[EventListener]] = {}
+        self._tails: dict[str, _LiveTail] = {}
+        self._cancel_listeners: list[CancelListener] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._listeners.clear()
+        self._tails.clear()
+
+    async def ping(self) -> None:
+        return None
+
+    async def publish(self, conversation_id: str, event: ServerEvent) -> None:
+        self.publish_nowait(conversation_id, event)
+
+    def publish_nowait(self, conversation_id: str, event: ServerEvent) -> None:
+        if isinstance(event, GenerationDelta):
+            tail = self._tails.get(event.generation_id)
+            if tail is not None:
+                tail.parts.append(event.text)
+        elif isinstance(event, GenerationStarted):
+            self._tails[event.generation_id] = _LiveTail(conversation_id, event)
+        elif isinstance(event, TERMINAL_TYPES):
+            tail = self._tails.get(event.generation_id)
+            if tail is None:
+                # a terminal without a live tail (e.g. an orphan marked
+                # interrupted): followers still need to hear it
+                tail = self._tails[event.generation_id] = _LiveTail(
+                    conversation_id,
+                    GenerationStarted(
+                        event.generation_id,
+                        conversation_id,
+                        event.generation_id,
+                        event.message.reply_to,
+                        event.message.model,
+                    ),
+                )
+                tail.parts.append(event.message.content)
+            tail.terminal = event
+            asyncio.get_running_loop().call_later(
+                self.tail_ttl_s, self._tails.pop, event.generation_id, None
+            )
+        listeners = self._listeners.get(conversation_id)
+        if listeners:
+            for listener in tuple(listeners):
+                try:
+                    listener(event)
+                except Exception:  # one broken listener must not starve the others
+                    log.exception("bus listener failed")
+
+    async def subscribe(
+        self, conversation_id: str, listener: EventListener
+    ) -> Callable[[], Awaitable[None]]:
+        self._listeners.setdefault(conversation_id, []).append(listener)
+
+        async def unsubscribe() -> None:
+            listeners = self._listeners.get(conversation_id)
+            if listeners is None:
+                return
+            try:
+                listeners.remove(listener)
+            except ValueError:
+                return
+            if not listeners:
+                del self._listeners[conversation_id]
+
+        return unsubscribe
+
+    async def tail(self, generation_id: str) -> Tail | None:
+        live = self._tails.get(generation_id)
+        return None if live is None else live.snapshot()
+
+    async def request_cancel(self, generation_id: str) -> None:
+        for listener in tuple(self._cancel_listeners):
+            listener(generation_id)
+
+    async def on_cancel(self, listener: CancelListener) -> None:
+        self._cancel_listeners.append(listener)
+
+    def subscriber_count(self, conversation_id: str) -> int:
+        return len(self._listeners.get(conversation_id, ()))

@@ -1,0 +1,252 @@
+"""One assistant reply, from the first token to its stored end.
+
+A Generation belongs to its conversation, not to a connection: nobody's
+disconnect stops it, only :meth:`Generation.cancel` does (Stop, or shutdown).
+
+Order of effects, which resume relies on:
+1. ``generation.started`` is published (opening the live tail);
+2. each chunk is published as a ``generation.delta`` whose ``offset`` is the
+   length of the text before it, and the partial text is checkpointed to the
+   store at most every ``checkpoint_interval_s`` (never one write per delta);
+3. the row is finalized in the store, THEN the terminal event is published,
+   so anyone who misses the live tail finds the final row in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from .errors import ChatError, ProviderError, Unavailable
+from .events import (
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationDelta,
+    GenerationFailed,
+    GenerationStarted,
+    TerminalEvent,
+)
+from .ports import Bus, CompletionRequest, MessageStore, Provider
+from .records import ErrorInfo, Message, Status, Usage, utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Generation"]
+
+
+class Generation:
+    def __init__(
+        self,
+        *,
+        reply: Message,
+        provider: Provider,
+        request: CompletionRequest,
+        store: MessageStore,
+        bus: Bus,
+        checkpoint_interval_s: float = 1.0,
+        finish_retry_s: float = 300.0,
+        on_first_chunk: Callable[[float], None] | None = None,
+    ) -> None:
+        self.reply = reply
+        self.id = reply.id
+        self.conversation_id = reply.conversation_id
+        self._provider = provider
+        self._request = request
+        self._store = store
+        self._bus = bus
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._finish_retry_s = finish_retry_s
+        self._on_first_chunk = on_first_chunk
+        self._parts: list[str] = []
+        self.length = 0  # code points streamed so far
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self._cancel_status: Status | None = None
+        self._checkpointed_length = 0
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self.started_at = time.monotonic()
+        self.done = asyncio.Event()
+        self.terminal: TerminalEvent | None = None
+
+    @property
+    def text(self) -> str:
+        text = "".join(self._parts)
+        if len(self._parts) > 1:
+            self._parts = [text]
+        return text
+
+    def cancel(self, status: Status = "cancelled") -> None:
+        """Stop the reply. ``status`` is ``cancelled`` for Stop; shutdown uses
+        ``interrupted`` when a drain timed out."""
+        if self._cancel_status is None:
+            self._cancel_status = status
+        if self._stream_task is not None and not self._stream_task.done():
+            self._stream_task.cancel()
+
+    async def run(self) -> TerminalEvent:
+        """Stream the reply to its end and return the terminal event."""
+        await self._bus.publish(
+            self.conversation_id,
+            GenerationStarted(
+                self.id, self.conversation_id, self.id, self.reply.reply_to, self.reply.model
+            ),
+        )
+        status: Status = "complete"
+        error: ErrorInfo | None = None
+        self._stream_task = asyncio.create_task(self._consume())
+        if self._cancel_status is not None:  # cancelled before it started
+            self._stream_task.cancel()
+        try:
+            await asyncio.shield(self._stream_task)
+        except asyncio.CancelledError:
+            if self._stream_task.cancelled() or self._cancel_status is not None:
+                status = self._cancel_status or "cancelled"
+            else:  # run() itself was cancelled: stop streaming, still finalize
+                self._stream_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._stream_task
+                status = "interrupted"
+        except ProviderError as exc:
+            status, error = "failed", ErrorInfo(exc.code, exc.message)
+        except ChatError as exc:
+            status, error = "failed", ErrorInfo(exc.code, exc.message)
+        except Exception:
+            log.exception("generation %s failed unexpectedly", self.id)
+            status, error = "failed", ErrorInfo("internal", "the reply failed unexpectedly")
+        if status == "interrupted":
+            error = ErrorInfo("interrupted", "the server stopped before the reply finished")
+        if self._checkpoint_task is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint_task
+        terminal = await self._finish(status, error)
+        self.terminal = terminal
+        await self._publish_terminal(terminal)
+        self.done.set()
+        return terminal
+
+    async def _consume(self) -> None:
+        interval = self._checkpoint_interval_s
+        last_checkpoint = time.monotonic()
+        publish = self._bus.publish
+        conversation_id = self.conversation_id
+        stream = self._provider.stream(self._request)
+        try:
+            async for chunk in stream:
+                if chunk.text:
+                    if self.length == 0 and self._on_first_chunk is not None:
+                        self._on_first_chunk(time.monotonic() - self.started_at)
+                    delta = GenerationDelta(self.id, self.length, chunk.text)
+                    self._parts.append(chunk.text)
+                    self.length += len(chunk.text)
+                    await publish(conversation_id, delta)
+                    now = time.monotonic()
+                    if now - last_checkpoint >= interval:
+                        last_checkpoint = now
+                        self._start_checkpoint()
+                if chunk.usage is not None:
+                    self._usage = chunk.usage
+                if chunk.finish_reason is not None:
+                    self._finish_reason = chunk.finish_reason
+        finally:
+            # closing the provider's stream closes the upstream response at once
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    def _start_checkpoint(self) -> None:
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return  # one in flight is enough; the next interval writes the rest
+        if self.length == self._checkpointed_length:
+            return
+        length, text = self.length, self.text
+        self._checkpoint_task = asyncio.create_task(self._checkpoint(text, length))
+
+    async def _checkpoint(self, text: str, length: int) -> None:
+        try:
+            await self._store.checkpoint(self.id, text)
+            self._checkpointed_length = length
+        except Exception as exc:  # the next interval tries again
+            log.warning("checkpoint of %s failed: %s", self.id, exc)
+
+    async def _finish(self, status: Status, error: ErrorInfo | None) -> TerminalEvent:
+        text = self.text
+        usage = self._usage or Usage()
+        finish_reason = self._finish_reason if status == "complete" else None
+        if status == "complete" and finish_reason is None:
+            finish_reason = "stop"
+        stored: Message | None = None
+        deadline = time.monotonic() + self._finish_retry_s
+        delay = 0.05
+        while stored is None:
+            try:
+                stored = await self._store.finish(
+                    self.id,
+                    content=text,
+                    status=status,
+                    usage=usage if status == "complete" else self._usage,
+                    finish_reason=finish_reason,
+                    error=error,
+                )
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    log.error("giving up storing the end of %s: database unreachable", self.id)
+                    break
+                # the database is down: keep the reply in memory and retry,
+                # so it is stored when the database returns
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:
+                log.exception("storing the end of %s failed", self.id)
+                break
+        if stored is None or stored.status != status:
+            # the row was finalized by someone else (e.g. marked interrupted) or
+            # could not be written; report what this process knows
+            stored = replace(
+                self.reply,
+                content=text,
+                status=status,
+                completed_at=utcnow(),
+                usage=usage,
+                finish_reason=finish_reason,
+                error=error,
+            )
+        return terminal_event_for(stored, usage=usage)
+
+    async def _publish_terminal(self, terminal: TerminalEvent) -> None:
+        delay = 0.05
+        for _ in range(50):
+            try:
+                await self._bus.publish(self.conversation_id, terminal)
+                return
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        log.error("could not publish the end of %s: bus unreachable", self.id)
+
+
+def terminal_event_for(message: Message, *, usage: Usage | None = None) -> TerminalEvent:
+    """The terminal event that describes a final assistant message."""
+    if message.status == "complete":
+        return GenerationCompleted(
+            message.id, message, usage or message.usage or Usage(), message.finish_reason
+        )
+    if message.status == "cancelled":
+        return GenerationCancelled(message.id, message)
+    if message.status == "interrupted":
+        return GenerationFailed(
+            message.id,
+            message,
+            message.error
+            or ErrorInfo(
+                "interrupted", "the process running this reply stopped before it finished"
+            ),
+        )
+    return GenerationFailed(
+        message.id, message, message.error or ErrorInfo("provider_error", "the reply failed")
+    )

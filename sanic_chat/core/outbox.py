@@ -1,0 +1,197 @@
+"""One connection's outbound queue: exactly-once by offset, merged when slow.
+
+Invariants, per generation, for everything that leaves through one outbox:
+
+* text is delivered exactly once and in order: a delta (or part of one) whose
+  code points were already queued is dropped, so replay-then-live, a
+  conversation subscription plus a resume, or a bus that delivers twice can
+  never show a client the same text twice;
+* consecutive deltas of one generation still waiting in the queue are merged
+  into one frame, so a consumer that reads slowly receives fewer, larger
+  frames instead of an ever-growing queue;
+* ``generation.started`` and the terminal event are delivered at most once.
+
+The queue is bounded by the text it holds (``max_pending_chars``) and the
+number of frames (``max_pending_frames``); past either the outbox overflows:
+``get`` raises :class:`SlowConsumer` and the transport closes the connection
+with a resumable close code. The client resumes by offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from .events import (
+    TERMINAL_TYPES,
+    GenerationDelta,
+    GenerationStarted,
+    MessageAccepted,
+    ServerEvent,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Outbox", "SlowConsumer"]
+
+#: WebSocket close code for a consumer that fell too far behind. 4000-4999 is
+#: the application range; clients reconnect and resume by offset.
+SLOW_CONSUMER_CLOSE_CODE = 4008
+
+
+class SlowConsumer(Exception):
+    """The consumer fell further behind than the outbox may hold."""
+
+
+class Outbox:
+    __slots__ = (
+        "_accepted",
+        "_closed",
+        "_delivered_upto",
+        "_finished",
+        "_max_chars",
+        "_max_frames",
+        "_pending_chars",
+        "_queue",
+        "_started",
+        "_wakeup",
+        "frames_merged",
+        "overflowed",
+    )
+
+    def __init__(
+        self, *, max_pending_chars: int = 2_000_000, max_pending_frames: int = 10_000
+    ) -> None:
+        self._queue: deque[ServerEvent] = deque()
+        self._wakeup = asyncio.Event()
+        self._max_chars = max_pending_chars
+        self._max_frames = max_pending_frames
+        self._pending_chars = 0
+        #: generation id -> end offset of the text already queued or sent
+        self._delivered_upto: dict[str, int] = {}
+        self._started: set[str] = set()
+        self._finished: set[str] = set()
+        self._accepted: set[str] = set()
+        self._closed = False
+        self.overflowed = False
+        self.frames_merged = 0
+
+    # ------------------------------------------------------------------ producers
+
+    def expect(self, generation_id: str, offset: int) -> None:
+        """The client already has ``offset`` code points of this generation."""
+        current = self._delivered_upto.get(generation_id, 0)
+        self._delivered_upto[generation_id] = max(current, offset)
+
+    def push(self, event: ServerEvent) -> None:
+        """Queue ``event`` (never blocks; this is a bus listener)."""
+        if self._closed:
+            return
+        if isinstance(event, GenerationDelta):
+            self._push_delta(event)
+        elif isinstance(event, GenerationStarted):
+            if event.generation_id in self._started:
+                return
+            self._started.add(event.generation_id)
+            self._append(event)
+        elif isinstance(event, TERMINAL_TYPES):
+            if event.generation_id in self._finished:
+                return
+            self._finished.add(event.generation_id)
+            self._started.add(event.generation_id)
+            self._append(event)
+        elif isinstance(event, MessageAccepted):
+            if event.message.id in self._accepted:
+                return
+            self._accepted.add(event.message.id)
+            self._append(event)
+        else:
+            self._append(event)
+
+    def _push_delta(self, delta: GenerationDelta) -> None:
+        gid = delta.generation_id
+        if gid in self._finished:
+            return
+        upto = self._delivered_upto.get(gid)
+        offset, text = delta.offset, delta.text
+        if upto is not None:
+            end = offset + len(text)
+            if end <= upto:
+                return
+            if offset < upto:
+                text = text[upto - offset :]
+                offset = upto
+            elif offset > upto:
+                # a gap: something upstream lost text. Pass it on -- the client
+                # sees the jump in offsets and resumes -- but make it loud.
+                log.warning("offset gap in generation %s: have %d, got %d", gid, upto, offset)
+        self._delivered_upto[gid] = offset + len(text)
+        queue = self._queue
+        if queue:
+            last = queue[-1]
+            if (
+                isinstance(last, GenerationDelta)
+                and last.generation_id == gid
+                and last.offset + len(last.text) == offset
+            ):
+                queue[-1] = GenerationDelta(gid, last.offset, last.text + text)
+                self.frames_merged += 1
+                self._pending_chars += len(text)
+                self._check_bounds()
+                return
+        if text is delta.text:
+            self._append(delta, len(text))
+        else:
+            self._append(GenerationDelta(gid, offset, text), len(text))
+
+    def _append(self, event: ServerEvent, chars: int = 0) -> None:
+        self._queue.append(event)
+        self._pending_chars += chars
+        self._check_bounds()
+        self._wakeup.set()
+
+    def _check_bounds(self) -> None:
+        if self._pending_chars > self._max_chars or len(self._queue) > self._max_frames:
+            self.overflowed = True
+            self._closed = True
+            self._queue.clear()
+            self._wakeup.set()
+
+    def close(self) -> None:
+        """No more events; a waiting ``get`` returns None."""
+        self._closed = True
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ consumer
+
+    def get_nowait(self) -> ServerEvent | None:
+        if self.overflowed:
+            raise SlowConsumer()
+        if not self._queue:
+            return None
+        event = self._queue.popleft()
+        if isinstance(event, GenerationDelta):
+            self._pending_chars -= len(event.text)
+        return event
+
+    async def get(self) -> ServerEvent | None:
+        """The next event, waiting for one; None once closed and drained."""
+        while True:
+            event = self.get_nowait()
+            if event is not None:
+                return event
+            if self._closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def delivered_upto(self, generation_id: str) -> int | None:
+        return self._delivered_upto.get(generation_id)
+
+    def is_finished(self, generation_id: str) -> bool:
+        return generation_id in self._finished

@@ -1,0 +1,147 @@
+"""ChatSession: one per connection, whatever the transport.
+
+A transport hands it raw client frames (:meth:`ChatSession.receive`) or typed
+ones (:meth:`ChatSession.handle`), and drains :attr:`ChatSession.outbox` to its
+wire. Refused frames become ``error`` events; the session stays usable.
+Closing a session unsubscribes it and frees its queue -- it never stops a
+generation: replies belong to conversations, not connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .errors import ChatError, InternalError, NotFound
+from .events import (
+    ClientFrame,
+    ConversationSubscribe,
+    ErrorEvent,
+    GenerationCancel,
+    GenerationResume,
+    MessageCreate,
+    Ping,
+    Pong,
+    decode_client_frame,
+)
+from .outbox import Outbox
+from .service import ChatService
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChatSession", "FrameGate"]
+
+#: a hook the security layer installs: called before each decoded frame runs,
+#: raising a ChatError (e.g. RateLimited) to refuse it
+FrameGate = Callable[[str, ClientFrame], Awaitable[None]]
+
+
+class ChatSession:
+    def __init__(
+        self,
+        service: ChatService,
+        user: str,
+        *,
+        gate: FrameGate | None = None,
+    ) -> None:
+        self.service = service
+        self.user = user
+        self._gate = gate
+        settings = service.settings
+        self.outbox = Outbox(
+            max_pending_chars=settings.outbox_max_chars,
+            max_pending_frames=settings.outbox_max_frames,
+        )
+        #: conversation id -> unsubscribe
+        self._subscriptions: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._follows: list[Callable[[], Awaitable[None]]] = []
+        self.closed = False
+
+    async def receive(self, raw: str | bytes) -> None:
+        """Decode and run one raw frame; any refusal becomes an ``error`` event."""
+        frame: ClientFrame | None = None
+        try:
+            frame = decode_client_frame(
+                raw, max_content_chars=self.service.settings.max_content_chars
+            )
+            await self.handle(frame)
+        except ChatError as exc:
+            self.outbox.push(ErrorEvent(exc.code, exc.message, exc.ref or _ref_of(frame)))
+        except Exception:
+            log.exception("frame handling failed")
+            internal = InternalError("the server failed to handle this frame")
+            self.outbox.push(ErrorEvent(internal.code, internal.message))
+
+    async def handle(self, frame: ClientFrame) -> None:
+        """Run one typed frame; raises ChatError when refused."""
+        if self._gate is not None:
+            await self._gate(self.user, frame)
+        if isinstance(frame, MessageCreate):
+            await self._create(frame)
+        elif isinstance(frame, GenerationCancel):
+            await self.service.cancel(self.user, frame.generation_id)
+        elif isinstance(frame, ConversationSubscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, GenerationResume):
+            await self._follow(frame.generation_id, frame.offset)
+        elif isinstance(frame, Ping):
+            self.outbox.push(Pong())
+
+    async def _create(self, frame: MessageCreate) -> None:
+        if frame.conversation_id is not None:
+            # subscribe before posting so that no event of the new reply is missed
+            if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:
+                raise NotFound("no such conversation", ref=frame.client_id)
+            await self._ensure_subscribed(frame.conversation_id)
+            posted, accepted = await self.service.post(self.user, frame)
+            self.outbox.push(accepted)
+            return
+        # a new conversation: its id is only known once posted. The reply's
+        # events from then on are replayed through follow() by offset, so
+        # nothing published before the subscription is lost.
+        posted, accepted = await self.service.post(self.user, frame)
+        self.outbox.push(accepted)
+        await self._ensure_subscribed(posted.conversation.id)
+        if accepted.generation_id is not None and posted.created:
+            await self._follow(accepted.generation_id, 0)
+
+    async def _subscribe(self, frame: ConversationSubscribe) -> None:
+        if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:
+            raise NotFound("no such conversation", ref=frame.conversation_id)
+        await self._ensure_subscribed(frame.conversation_id)
+        if frame.generation_id is not None:
+            await self._follow(frame.generation_id, frame.offset or 0)
+
+    async def _ensure_subscribed(self, conversation_id: str) -> None:
+        if conversation_id in self._subscriptions:
+            return
+        self._subscriptions[conversation_id] = await self.service.bus.subscribe(
+            conversation_id, self.outbox.push
+        )
+
+    async def _follow(self, generation_id: str, offset: int) -> None:
+        unsubscribe = await self.service.follow(self.user, generation_id, offset, self.outbox)
+        if unsubscribe is not None:
+            self._follows.append(unsubscribe)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.outbox.close()
+        unsubscribes = [*self._subscriptions.values(), *self._follows]
+        self._subscriptions.clear()
+        self._follows.clear()
+        for unsubscribe in unsubscribes:
+            with contextlib.suppress(Exception):
+                await unsubscribe()
+
+
+def _ref_of(frame: ClientFrame | None) -> str | None:
+    """The id an error about ``frame`` refers to: its client_id, else its generation_id."""
+    for field in ("client_id", "generation_id", "conversation_id"):
+        value = getattr(frame, field, None)
+        if value is not None:
+            return str(value)
+    return None

@@ -1,0 +1,314 @@
+"""What every HTTP provider shares: the one map from upstream failures to
+:class:`ProviderError`, retries before the first token, and the request loop.
+
+Invariants:
+
+* ``stream`` raises only :class:`ProviderError` subclasses.
+* A retry happens only before the first chunk was yielded; after that, any
+  failure ends the stream (a retry would repeat text the user already has).
+* The upstream response lives inside ``async with client.stream(...)`` in the
+  generator, so ``aclose()`` or cancelling the consuming task closes it at once.
+* A message shown to users carries the status and the vendor's error type and
+  a trimmed, redacted vendor message: never headers, keys or raw bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+import httpx_sse
+import orjson
+
+from ..core.errors import (
+    ProviderError,
+    ProviderFailure,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnauthorized,
+)
+from ..core.ports import Chunk, CompletionRequest
+from .spec import ModelSpec
+
+__all__ = [
+    "HttpProvider",
+    "RetryPolicy",
+    "error_from_response",
+    "error_from_transport",
+    "loads_json",
+    "parse_retry_after",
+    "redact",
+    "sse_events",
+    "stream_with_retries",
+]
+
+_ERROR_BODY_LIMIT = 16 * 1024
+_MESSAGE_LIMIT = 200
+# things that look like credentials, in case a vendor echoes one back
+_KEYLIKE = re.compile(
+    r"(sk-[A-Za-z0-9_\-*.]{6,}|(?i:bearer)\s+\S+|[A-Za-z0-9_\-]{32,})"
+)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` trimmed to one short line, with secrets and key-like words removed."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _KEYLIKE.sub("***", " ".join(text.split()))
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[: _MESSAGE_LIMIT - 1] + "…"
+    return text
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or an
+    HTTP date); None when absent or unreadable."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _vendor_error(body: bytes) -> tuple[str | None, str | None]:
+    """(type, message) out of the common vendor error bodies:
+    OpenAI ``{"error": {"type", "message"}}``, Anthropic ``{"type": "error",
+    "error": {...}}``, Ollama ``{"error": "text"}``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    error = data.get("error")
+    if isinstance(error, dict):
+        kind = error.get("type") or error.get("code")
+        message = error.get("message")
+        return (str(kind) if kind else None, str(message) if message else None)
+    if isinstance(error, str):
+        return None, error
+    return None, None
+
+
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    vendor: str,
+    secrets: tuple[str, ...] = (),
+) -> ProviderError:
+    """The one status -> error map."""
+    kind, message = _vendor_error(body)
+    detail = ": ".join(redact(part, secrets) for part in (kind, message) if part)
+    summary = f"{vendor} answered {status}" + (f" ({detail})" if detail else "")
+    if status in (401, 403):
+        # the vendor's words about a rejected key may quote it: keep only the type
+        return ProviderUnauthorized(
+            f"{vendor} rejected the API key ({status}"
+            + (f" {redact(kind, secrets)}" if kind else "")
+            + ")"
+        )
+    if status == 429:
+        return ProviderRateLimited(summary, retry_after=parse_retry_after(headers))
+    if status >= 500:
+        # 529 is Anthropic's "overloaded"
+        return ProviderFailure(summary, retryable=True)
+    return ProviderFailure(summary)
+
+
+def error_from_transport(exc: httpx.TransportError, *, vendor: str, responded: bool) -> ProviderError:
+    """Translate an httpx transport error. ``responded``: the status line arrived
+    (after that, a broken connection is a cut stream, never retried)."""
+    if isinstance(exc, httpx.ReadTimeout):
+        return ProviderTimeout(f"{vendor} sent nothing for too long")
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        return ProviderFailure(f"could not connect to {vendor}", retryable=True)
+    if isinstance(exc, httpx.PoolTimeout):
+        return ProviderTimeout(f"no free connection to {vendor}")
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeout(f"{vendor} timed out")
+    if not responded:
+        # the request was not answered at all (e.g. a stale keep-alive connection)
+        return ProviderFailure(f"{vendor} closed the connection before answering", retryable=True)
+    return ProviderFailure(f"{vendor} closed the stream before it finished")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    deadline_s: float = 10.0
+    base_delay_s: float = 0.5
+    max_delay_s: float = 4.0
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> RetryPolicy:
+        return cls(
+            max_attempts=spec.max_attempts,
+            deadline_s=spec.retry_deadline_s,
+            base_delay_s=spec.retry_base_delay_s,
+            max_delay_s=spec.retry_max_delay_s,
+        )
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**(attempt-1)))."""
+        return rng() * min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+
+
+async def stream_with_retries(
+    attempt: Callable[[], AsyncIterator[Chunk]],
+    policy: RetryPolicy,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    rng: Callable[[], float] = random.random,
+) -> AsyncIterator[Chunk]:
+    """Run ``attempt()`` and pass its chunks on; retry a retryable failure only
+    while no chunk was yielded, up to ``max_attempts`` and within the deadline
+    (a ``Retry-After`` is honoured when it fits, else the failure is final)."""
+    deadline = clock() + policy.deadline_s
+    number = 0
+    while True:
+        number += 1
+        yielded = False
+        try:
+            async with aclosing(attempt()) as chunks:
+                async for chunk in chunks:
+                    yielded = True
+                    yield chunk
+            return
+        except ProviderError as exc:
+            if yielded or not exc.retryable or number >= policy.max_attempts:
+                raise
+            delay = policy.backoff(number, rng)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                delay = float(retry_after)
+            if clock() + delay > deadline:
+                raise
+            await sleep(delay)
+
+
+class HttpProvider:
+    """A model behind an HTTP streaming API. Subclasses give the path, the
+    request body and headers, and decode the response body into chunks."""
+
+    provider: ClassVar[str] = ""
+    vendor: ClassVar[str] = ""
+    path: ClassVar[str] = ""
+
+    def __init__(self, spec: ModelSpec, client: httpx.AsyncClient) -> None:
+        if spec.base_url is None:
+            raise ValueError(f"model {spec.name!r} has no base_url")
+        self.name = spec.name
+        self.spec = spec
+        self.client = client
+        self.url = spec.base_url.rstrip("/") + self.path
+        self.retry = RetryPolicy.of(spec)
+        # no overall deadline for a stream: only the gap between bytes is bounded
+        self.timeout = httpx.Timeout(
+            connect=spec.connect_timeout_s,
+            read=spec.stream_timeout_s,
+            write=spec.stream_timeout_s,
+            pool=spec.connect_timeout_s,
+        )
+        self._secrets = tuple(s for s in (spec.api_key, *(v for _, v in spec.headers)) if s)
+
+    # -- what a vendor module provides
+
+    def build_body(self, request: CompletionRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def decode(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+        raise NotImplementedError
+
+    # -- the loop
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        content = orjson.dumps(self.build_body(request))
+        headers = {"content-type": "application/json", **dict(self.spec.headers)}
+        headers.update(self.build_headers())
+        return stream_with_retries(lambda: self._attempt(content, headers), self.retry)
+
+    async def _attempt(self, content: bytes, headers: dict[str, str]) -> AsyncIterator[Chunk]:
+        responded = False
+        try:
+            async with self.client.stream(
+                "POST", self.url, content=content, headers=headers, timeout=self.timeout
+            ) as response:
+                responded = True
+                if response.status_code >= 400:
+                    raise error_from_response(
+                        response.status_code,
+                        response.headers,
+                        await _read_limited(response),
+                        vendor=self.vendor,
+                        secrets=self._secrets,
+                    )
+                async with aclosing(self.decode(response)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+        except httpx_sse.SSEError:
+            raise ProviderFailure(f"{self.vendor} did not answer with an event stream") from None
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, vendor=self.vendor, responded=responded) from None
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            raise ProviderFailure(f"{self.vendor} stream broke ({type(exc).__name__})") from None
+
+    async def aclose(self) -> None:
+        """The shared client belongs to the catalog, which closes it."""
+        return None
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for part in response.aiter_bytes():
+        body += part
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return bytes(body[:_ERROR_BODY_LIMIT])
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[httpx_sse.ServerSentEvent]:
+    """The response's server-sent events (httpx-sse checks the content type)."""
+    async with aclosing(httpx_sse.EventSource(response).aiter_sse()) as events:
+        async for event in events:
+            yield event
+
+
+def loads_json(data: str | bytes, vendor: str) -> Any:
+    """Parse one frame of a stream; malformed data is a provider failure."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProviderFailure(f"{vendor} sent a malformed stream frame") from None
