@@ -37,6 +37,7 @@ __all__ = [
     "TerminalEvent",
     "decode_client_frame",
     "encode_event",
+    "frame_from_object",
 ]
 
 # --------------------------------------------------------------------------- client
@@ -342,6 +343,13 @@ def decode_client_frame(raw: str | bytes, *, max_content_chars: int = 32_000) ->
         obj = orjson.loads(raw)
     except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError):
         raise BadRequest("frame is not valid JSON") from None
+    return frame_from_object(obj, max_content_chars=max_content_chars)
+
+
+def frame_from_object(obj: Any, *, max_content_chars: int = 32_000) -> ClientFrame:
+    """Validate an already-parsed JSON value as a client frame (the HTTP
+    endpoints build frames from their bodies with this, so there is still
+    one validator)."""
     if not isinstance(obj, dict):
         raise BadRequest("frame must be a JSON object")
     ref = _ref_of(obj)

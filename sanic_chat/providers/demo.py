@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
@@ -23,7 +23,9 @@ _VOCABULARY = (
     "because therefore however indeed perhaps likely certainly often sometimes "
     "think note consider suppose remember explain describe show build test run "
     "small large fast slow early late first last next every each other same "
-    "river mountain garden window lantern harbor meadow compass thunder ember"
+    "river mountain garden window lantern harbor meadow compass thunder ember "
+    # not only ASCII: offsets count code points, and clients must agree
+    "café naïve über déjà 🙂 🚀 日本"
 ).split()
 
 
@@ -70,7 +72,7 @@ class DemoProvider:
         self.tokens_per_second = tokens_per_second
         self.reply_tokens = reply_tokens
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         prompt = next((t.content for t in reversed(request.messages) if t.role == "user"), "")
         count = self.reply_tokens
         if request.max_tokens is not None:

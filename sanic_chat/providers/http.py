@@ -19,7 +19,7 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,9 +54,7 @@ __all__ = [
 _ERROR_BODY_LIMIT = 16 * 1024
 _MESSAGE_LIMIT = 200
 # things that look like credentials, in case a vendor echoes one back
-_KEYLIKE = re.compile(
-    r"(sk-[A-Za-z0-9_\-*.]{6,}|(?i:bearer)\s+\S+|[A-Za-z0-9_\-]{32,})"
-)
+_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{6,}|(?i:bearer)\s+\S+|[A-Za-z0-9_\-]{32,})")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -144,7 +142,9 @@ def error_from_response(
     return ProviderFailure(summary)
 
 
-def error_from_transport(exc: httpx.TransportError, *, vendor: str, responded: bool) -> ProviderError:
+def error_from_transport(
+    exc: httpx.TransportError, *, vendor: str, responded: bool
+) -> ProviderError:
     """Translate an httpx transport error. ``responded``: the status line arrived
     (after that, a broken connection is a cut stream, never retried)."""
     if isinstance(exc, httpx.ReadTimeout):
@@ -183,13 +183,13 @@ class RetryPolicy:
 
 
 async def stream_with_retries(
-    attempt: Callable[[], AsyncIterator[Chunk]],
+    attempt: Callable[[], AsyncGenerator[Chunk, None]],
     policy: RetryPolicy,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Any] = asyncio.sleep,
     rng: Callable[[], float] = random.random,
-) -> AsyncIterator[Chunk]:
+) -> AsyncGenerator[Chunk, None]:
     """Run ``attempt()`` and pass its chunks on; retry a retryable failure only
     while no chunk was yielded, up to ``max_attempts`` and within the deadline
     (a ``Retry-After`` is honoured when it fits, else the failure is final)."""
@@ -220,7 +220,7 @@ class HttpProvider:
     """A model behind an HTTP streaming API. Subclasses give the path, the
     request body and headers, and decode the response body into chunks."""
 
-    provider: ClassVar[str] = ""
+    provider: str = ""
     vendor: ClassVar[str] = ""
     path: ClassVar[str] = ""
 
@@ -249,18 +249,25 @@ class HttpProvider:
     def build_headers(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def decode(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+    def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         raise NotImplementedError
 
     # -- the loop
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+        # built inside the generator so that even a refused request fails on
+        # iteration, like every other provider error
         content = orjson.dumps(self.build_body(request))
         headers = {"content-type": "application/json", **dict(self.spec.headers)}
         headers.update(self.build_headers())
-        return stream_with_retries(lambda: self._attempt(content, headers), self.retry)
+        retrying = stream_with_retries(lambda: self._attempt(content, headers), self.retry)
+        async with aclosing(retrying) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
-    async def _attempt(self, content: bytes, headers: dict[str, str]) -> AsyncIterator[Chunk]:
+    async def _attempt(
+        self, content: bytes, headers: dict[str, str]
+    ) -> AsyncGenerator[Chunk, None]:
         responded = False
         try:
             async with self.client.stream(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -49,6 +49,8 @@ class OpenAIStreamDecoder:
         if data == "[DONE]":
             self.done = True
             return Chunk(usage=self.usage, finish_reason=self.finish_reason)
+        if not data:
+            return None
         frame = loads_json(data, self.vendor)
         if not isinstance(frame, dict):
             raise ProviderFailure(f"{self.vendor} sent a malformed stream frame")
@@ -92,7 +94,8 @@ def _stream_error(error: Any) -> ProviderFailure:
         kind, message = "error", str(error)
     retryable = kind in ("server_error", "overloaded_error", "api_error")
     return ProviderFailure(
-        f"OpenAI stream error: {redact(str(kind))}" + (f": {redact(str(message))}" if message else ""),
+        f"OpenAI stream error: {redact(str(kind))}"
+        + (f": {redact(str(message))}" if message else ""),
         retryable=retryable,
     )
 
@@ -125,7 +128,7 @@ class OpenAIProvider(HttpProvider):
             headers["authorization"] = f"Bearer {self.spec.api_key}"
         return headers
 
-    async def decode(self, response: httpx.Response) -> AsyncIterator[Chunk]:
+    async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OpenAIStreamDecoder()
         async for event in sse_events(response):
             chunk = decoder.feed(event.data)

@@ -1,0 +1,122 @@
+"""REST: conversations and their message history (``/api/v1/conversations``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, empty, json
+from sanic_ext import openapi
+
+from ..core.errors import BadRequest, NotFound, ValidationFailed
+from ..transports.base import TransportContext
+
+__all__ = ["conversations_blueprint"]
+
+MAX_PAGE = 200
+
+
+def _limit(request: Request, default: int = 50) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed("limit must be a whole number") from None
+    if not 1 <= value <= MAX_PAGE:
+        raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
+    return value
+
+
+def _body(request: Request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _optional_text(body: dict[str, Any], field: str, max_len: int) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ValidationFailed(f"{field} must be a string of at most {max_len} characters")
+    return value
+
+
+def conversations_blueprint(context: TransportContext) -> Blueprint:
+    bp = Blueprint("conversations", url_prefix="/api/v1/conversations")
+
+    @bp.post("/")
+    @openapi.summary("Create a conversation")
+    @openapi.body({"application/json": {"title": str, "model": str}})
+    async def create(request: Request) -> HTTPResponse:
+        body = _body(request)
+        model = _optional_text(body, "model", 200)
+        if model is not None:
+            context.service.models.get(model)  # unknown model -> validation_error
+        conversation = await context.service.store.create_conversation(
+            request.ctx.user, title=_optional_text(body, "title", 500), model=model
+        )
+        return json(conversation.to_wire(), status=201)
+
+    @bp.get("/")
+    @openapi.summary("List own conversations, newest first")
+    @openapi.parameter("limit", int)
+    @openapi.parameter("before", str, description="updated_at of the last item of the previous page")
+    async def list_(request: Request) -> HTTPResponse:
+        limit = _limit(request)
+        before_raw = request.args.get("before")
+        before = None
+        if before_raw:
+            try:
+                before = datetime.fromisoformat(before_raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValidationFailed("before must be an RFC 3339 time") from None
+        items = await context.service.store.list_conversations(request.ctx.user, limit=limit, before=before)
+        next_before = items[-1].to_wire()["updated_at"] if len(items) == limit else None
+        return json({"items": [c.to_wire() for c in items], "next_before": next_before})
+
+    @bp.get("/<conversation_id:uuid>")
+    @openapi.summary("Get a conversation")
+    async def get(request: Request, conversation_id: Any) -> HTTPResponse:
+        conversation = await context.service.store.get_conversation(request.ctx.user, str(conversation_id))
+        if conversation is None:
+            raise NotFound("no such conversation")
+        return json(conversation.to_wire())
+
+    @bp.delete("/<conversation_id:uuid>")
+    @openapi.summary("Delete a conversation; its running replies are cancelled")
+    async def delete(request: Request, conversation_id: Any) -> HTTPResponse:
+        user = request.ctx.user
+        if await context.service.store.get_conversation(user, str(conversation_id)) is None:
+            raise NotFound("no such conversation")
+        await context.service.cancel_conversation(user, str(conversation_id))
+        if not await context.service.store.delete_conversation(user, str(conversation_id)):
+            raise NotFound("no such conversation")
+        return empty(status=204)
+
+    @bp.get("/<conversation_id:uuid>/messages")
+    @openapi.summary("A page of messages, oldest first within the page")
+    @openapi.parameter("limit", int)
+    @openapi.parameter("before", str, description="a message id: the page ends before it")
+    async def messages(request: Request, conversation_id: Any) -> HTTPResponse:
+        limit = _limit(request)
+        before = request.args.get("before") or None
+        items = await context.service.store.list_messages(
+            request.ctx.user, str(conversation_id), limit=limit, before=before
+        )
+        if items is None:
+            raise NotFound("no such conversation")
+        next_before = items[0].id if len(items) == limit else None
+        return json({"items": [m.to_wire() for m in items], "next_before": next_before})
+
+    return bp

@@ -1,0 +1,153 @@
+"""The composition root: the one module that wires core, store, bus, providers,
+transports and the HTTP API together. Nothing else imports from all of them."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, file
+from sanic_ext import Extend
+
+from .api.conversations import conversations_blueprint
+from .api.errors import install_error_handlers
+from .api.operations import operations_blueprint
+from .auth import build_authenticator
+from .bus.memory import MemoryBus
+from .config import Settings
+from .core.ports import Bus, MessageStore
+from .core.service import ChatService, ServiceHooks
+from .core.settings import CoreSettings
+from .metrics import Metrics
+from .providers.catalog import ModelCatalog, load_catalog
+from .transports.base import TransportContext
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+WEB_DIR = Path(__file__).parent / "web"
+
+#: requests that need no user: the page, its assets, health and metrics
+_PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static", "/docs", "/favicon")
+
+
+async def open_store_for(settings: Settings) -> MessageStore:
+    from .store import open_store
+
+    if settings.database_url.startswith("sqlite:"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(settings.database_url)
+    if settings.database_url.startswith("sqlite:"):
+        # the embedded default keeps its own schema up to date
+        await store.migrate()
+    return store
+
+
+def open_bus_for(settings: Settings) -> Bus:
+    if settings.bus_url.startswith("memory://"):
+        return MemoryBus(tail_ttl_s=settings.tail_ttl_s)
+    from .bus.url import open_bus
+
+    return open_bus(settings.bus_url, tail_ttl_s=settings.tail_ttl_s)
+
+
+def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
+    settings = settings or Settings.from_env()
+    app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes
+    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.WEBSOCKET_PING_TIMEOUT = 20
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.drain_timeout_s + 5
+    app.config.OAS_URL_PREFIX = "/docs"
+    app.config.OAS_UI_DEFAULT = "swagger"
+    app.config.OAS_UI_REDOC = False
+    app.config.CORS = False
+    Extend(app)
+    app.ctx.settings = settings
+    metrics = Metrics()
+    app.ctx.metrics = metrics
+    node_id = settings.node_id or uuid.uuid4().hex
+    authenticate = build_authenticator(settings)
+    # a wrong models file fails here, before anything listens
+    catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
+    app.ctx.catalog = catalog
+    context = TransportContext(
+        authenticate=authenticate,
+        metrics=metrics,
+        heartbeat_s=settings.heartbeat_s,
+        max_frame_bytes=settings.max_frame_bytes,
+        idle_timeout_s=settings.idle_timeout_s,
+    )
+    app.ctx.transport_context = context
+    install_error_handlers(app)
+    for transport in settings.transports:
+        module = importlib.import_module(f"sanic_chat.transports.{transport}")
+        module.register(app, context)
+    app.blueprint(conversations_blueprint(context))
+    app.blueprint(operations_blueprint(context, catalog.describe))
+
+    @app.before_server_start
+    async def open_everything(app: Sanic[Any, Any]) -> None:
+        store = await open_store_for(settings)
+        bus = open_bus_for(settings)
+        await bus.start()
+        hooks = ServiceHooks(
+            first_chunk=metrics.first_chunk_seconds.observe,
+            generation_finished=lambda status, s: metrics.reply_seconds.labels(status).observe(s),
+            message_persisted=metrics.persist_seconds.observe,
+            provider_error=lambda code: metrics.provider_errors.labels(code).inc(),
+        )
+        service = ChatService(
+            store=store,
+            bus=bus,
+            models=catalog,
+            node_id=node_id,
+            settings=CoreSettings(
+                checkpoint_interval_s=settings.checkpoint_interval_s,
+                history_max_chars=settings.history_max_chars,
+                system_prompt=settings.system_prompt,
+                lease_s=settings.lease_s,
+                max_content_chars=settings.max_content_chars,
+            ),
+            hooks=hooks,
+        )
+        await service.start()
+        app.ctx.service = service
+        context.service = service
+
+    @app.before_server_stop
+    async def drain(app: Sanic[Any, Any]) -> None:
+        service: ChatService | None = getattr(app.ctx, "service", None)
+        if service is not None:
+            await service.drain(settings.drain_timeout_s)
+
+    @app.after_server_stop
+    async def close_everything(app: Sanic[Any, Any]) -> None:
+        service: ChatService | None = getattr(app.ctx, "service", None)
+        if service is None:
+            return
+        await service.close()
+        await service.bus.close()
+        await service.store.close()
+        await app.ctx.catalog.aclose()
+
+    @app.on_request
+    async def identify(request: Request) -> None:
+        path = request.path
+        if path == "/" or path.startswith(_PUBLIC_PREFIXES):
+            return
+        request.ctx.user = await authenticate(request)
+
+    @app.get("/")
+    async def index(request: Request) -> HTTPResponse:
+        return await file(WEB_DIR / "index.html", mime_type="text/html; charset=utf-8")
+
+    app.static("/static", WEB_DIR, name="web_static")
+    return app

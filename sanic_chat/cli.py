@@ -1,0 +1,200 @@
+"""``sanic-chat``: serve, migrate, fake-llm, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("sanic_chat")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from .app import create_app
+    from .providers.catalog import ConfigError as ModelsConfigError
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.auth == "none" and not _is_loopback(args.host) and not args.insecure_no_auth:
+        print(
+            f"sanic-chat: refusing to listen on {args.host} with SANIC_CHAT_AUTH=none: anyone who "
+            "can reach it would read and write every conversation. Set SANIC_CHAT_AUTH=jwt "
+            "(see docs/security.md), listen on 127.0.0.1, or pass --insecure-no-auth if this "
+            "network is trusted.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.workers > 1 and settings.bus_url.startswith("memory://"):
+        print(
+            "sanic-chat: --workers > 1 needs a shared bus: set SANIC_CHAT_BUS_URL=redis://host:6379/0 "
+            "(the in-memory bus serves one process only)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.workers > 1 and settings.database_url.startswith("sqlite"):
+        print(
+            "sanic-chat: note: several workers on SQLite serialize their writes; use PostgreSQL "
+            "(SANIC_CHAT_DATABASE_URL=postgresql://...) for real multi-worker deployments",
+            file=sys.stderr,
+        )
+    try:
+        loader = AppLoader(factory=partial(create_app, None, name="sanic_chat"))
+        app = loader.load()
+    except (ConfigError, ModelsConfigError, ValueError) as exc:
+        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
+        return 2
+    app.prepare(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        single_process=args.workers == 1,
+        access_log=args.access_log,
+        motd=False,
+    )
+    where = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
+    print(f"sanic-chat: serving on {where} (database: {_redact(settings.database_url)})", flush=True)
+    if args.workers == 1:
+        Sanic.serve_single(primary=app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
+    return 0
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from .store import open_store
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        if settings.database_url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_store(settings.database_url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    print(f"sanic-chat: schema is up to date ({_redact(settings.database_url)})")
+    return 0
+
+
+def _fake_llm(args: argparse.Namespace) -> int:
+    from . import fake_llm
+
+    fake_llm.main_from_args(args)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    import jwt
+
+    secret = os.environ.get("SANIC_CHAT_JWT_SECRET")
+    if not secret:
+        print("sanic-chat: set SANIC_CHAT_JWT_SECRET to mint a development token", file=sys.stderr)
+        return 2
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": args.user, "iat": now, "exp": now + args.ttl}
+    if os.environ.get("SANIC_CHAT_JWT_AUDIENCE"):
+        claims["aud"] = os.environ["SANIC_CHAT_JWT_AUDIENCE"]
+    if os.environ.get("SANIC_CHAT_JWT_ISSUER"):
+        claims["iss"] = os.environ["SANIC_CHAT_JWT_ISSUER"]
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sanic-chat", description="A real-time AI chat server (WebSocket + SSE)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=os.environ.get("SANIC_CHAT_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SANIC_CHAT_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow SANIC_CHAT_AUTH=none on a non-loopback address (trusted networks only)",
+    )
+    serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="create or update the database schema")
+    migrate.set_defaults(func=_migrate)
+
+    fake = sub.add_parser(
+        "fake-llm", help="a local LLM server speaking the OpenAI, Anthropic and Ollama formats"
+    )
+    try:
+        from . import fake_llm
+    except ImportError:  # pragma: no cover - only while the module is being written
+        pass
+    else:
+        fake_llm.add_arguments(fake)
+    fake.set_defaults(func=_fake_llm)
+
+    token = sub.add_parser("token", help="mint a development JWT with SANIC_CHAT_JWT_SECRET")
+    token.add_argument("--user", required=True)
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.set_defaults(func=_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # our own logger only: Sanic configures its loggers itself, and a root
+    # handler would print each of their lines twice
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(os.environ.get("SANIC_CHAT_LOG_LEVEL", "INFO"))
+    log.propagate = False
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

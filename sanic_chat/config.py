@@ -1,0 +1,192 @@
+"""Settings from the environment (``SANIC_CHAT_*``), validated at start-up.
+
+A wrong value fails here, before anything listens, with a message that names
+the variable and says what to write instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ConfigError", "RateLimit", "Settings", "default_data_dir"]
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    count: int
+    period_s: float
+
+    @classmethod
+    def parse(cls, text: str, variable: str = "SANIC_CHAT_RATE_LIMIT") -> RateLimit | None:
+        text = text.strip().lower()
+        if text in ("", "off", "none", "0"):
+            return None
+        match = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour|s|m|h)", text)
+        if not match or int(match.group(1)) <= 0:
+            raise ConfigError(
+                f"{variable}={text!r} is not a rate: write N/second, N/minute or N/hour "
+                "(e.g. 60/minute), or 'off'"
+            )
+        period = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600}
+        return cls(int(match.group(1)), float(period[match.group(2)]))
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sanic-chat"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    data_dir: Path
+    bus_url: str = "memory://"
+    models_path: str | None = None
+    auth: str = "none"
+    jwt_secret: str | None = None
+    jwt_public_key_path: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+    transports: tuple[str, ...] = ("websocket", "sse")
+    checkpoint_interval_s: float = 1.0
+    tail_ttl_s: float = 60.0
+    lease_s: float = 15.0
+    drain_timeout_s: float = 30.0
+    heartbeat_s: float = 15.0
+    history_max_chars: int = 24_000
+    max_content_chars: int = 32_000
+    max_frame_bytes: int = 256 * 1024
+    max_body_bytes: int = 1024 * 1024
+    max_connections_per_user: int = 20
+    max_running_replies_per_user: int = 4
+    idle_timeout_s: float = 300.0
+    system_prompt: str | None = None
+    log_format: str = "text"
+    log_content: bool = False
+    node_id: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(f"SANIC_CHAT_{name}")
+            return value if value not in (None, "") else default
+
+        def number(name: str, default: float, *, minimum: float = 0.0) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be a number") from None
+            if value < minimum:
+                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
+            return value
+
+        def integer(name: str, default: int, *, minimum: int = 1) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be a whole number") from None
+            if value < minimum:
+                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
+            return value
+
+        data_dir = Path(get("DATA_DIR") or default_data_dir()).expanduser()
+        database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'chat.db'}"
+        if not database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ConfigError(
+                f"SANIC_CHAT_DATABASE_URL={database_url!r} is not supported: use "
+                "sqlite:///path/to/chat.db or postgresql://user:pass@host:port/db"
+            )
+        bus_url = get("BUS_URL", "memory://") or "memory://"
+        if not bus_url.startswith(("memory://", "redis://", "rediss://")):
+            raise ConfigError(
+                f"SANIC_CHAT_BUS_URL={bus_url!r} is not supported: use memory:// (one process) "
+                "or redis://host:port/db"
+            )
+        models_path = get("MODELS")
+        if models_path is not None and not Path(models_path).expanduser().is_file():
+            raise ConfigError(
+                f"SANIC_CHAT_MODELS={models_path!r}: no such file. Point it at a TOML models "
+                "file (see docs/configuration.md) or unset it to use the built-in demo model"
+            )
+        auth = (get("AUTH", "none") or "none").lower()
+        if auth not in ("none", "jwt"):
+            raise ConfigError(f"SANIC_CHAT_AUTH={auth!r}: use 'none' or 'jwt'")
+        jwt_secret = get("JWT_SECRET")
+        jwt_public_key = get("JWT_PUBLIC_KEY")
+        if auth == "jwt" and not (jwt_secret or jwt_public_key):
+            raise ConfigError(
+                "SANIC_CHAT_AUTH=jwt needs SANIC_CHAT_JWT_SECRET (HS256) or "
+                "SANIC_CHAT_JWT_PUBLIC_KEY (path of an RS256 public key in PEM)"
+            )
+        if jwt_public_key is not None and not Path(jwt_public_key).expanduser().is_file():
+            raise ConfigError(f"SANIC_CHAT_JWT_PUBLIC_KEY={jwt_public_key!r}: no such file")
+        origins = tuple(
+            o.strip().rstrip("/") for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip()
+        )
+        rate_raw = get("RATE_LIMIT")
+        if rate_raw is None:
+            rate_limit = RateLimit(60, 60.0) if auth == "jwt" else None
+        else:
+            rate_limit = RateLimit.parse(rate_raw)
+        transports = tuple(
+            t.strip().lower()
+            for t in (get("TRANSPORTS") or "websocket,sse").split(",")
+            if t.strip()
+        )
+        known = {"websocket", "sse"}
+        if not transports or not set(transports) <= known:
+            raise ConfigError(
+                f"SANIC_CHAT_TRANSPORTS={','.join(transports)!r}: choose from {sorted(known)}"
+            )
+        log_format = (get("LOG_FORMAT", "text") or "text").lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"SANIC_CHAT_LOG_FORMAT={log_format!r}: use 'text' or 'json'")
+        return cls(
+            database_url=database_url,
+            data_dir=data_dir,
+            bus_url=bus_url,
+            models_path=models_path,
+            auth=auth,
+            jwt_secret=jwt_secret,
+            jwt_public_key_path=jwt_public_key,
+            jwt_audience=get("JWT_AUDIENCE"),
+            jwt_issuer=get("JWT_ISSUER"),
+            allowed_origins=origins,
+            rate_limit=rate_limit,
+            transports=transports,
+            checkpoint_interval_s=number("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05),
+            tail_ttl_s=number("TAIL_TTL_S", 60.0, minimum=0.1),
+            lease_s=number("LEASE_S", 15.0, minimum=1.0),
+            drain_timeout_s=number("DRAIN_TIMEOUT_S", 30.0),
+            heartbeat_s=number("HEARTBEAT_S", 15.0, minimum=0.1),
+            history_max_chars=integer("HISTORY_MAX_CHARS", 24_000),
+            max_content_chars=integer("MAX_CONTENT_CHARS", 32_000),
+            max_frame_bytes=integer("MAX_FRAME_BYTES", 256 * 1024, minimum=1024),
+            max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            max_connections_per_user=integer("MAX_CONNECTIONS_PER_USER", 20),
+            max_running_replies_per_user=integer("MAX_RUNNING_REPLIES_PER_USER", 4),
+            idle_timeout_s=number("IDLE_TIMEOUT_S", 300.0, minimum=1.0),
+            system_prompt=get("SYSTEM_PROMPT"),
+            log_format=log_format,
+            log_content=(get("LOG_CONTENT", "0") or "0") in ("1", "true", "yes"),
+            node_id=get("NODE_ID"),
+        )

@@ -1,0 +1,104 @@
+"""Ollama chat streaming: ``POST {base_url}/api/chat``, NDJSON until ``"done": true``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from ..core.errors import ProviderFailure
+from ..core.ports import Chunk, CompletionRequest
+from ..core.records import Usage
+from .http import HttpProvider, loads_json, redact
+
+__all__ = ["OllamaProvider", "OllamaStreamDecoder", "map_done_reason"]
+
+_DONE_REASONS = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
+
+
+def map_done_reason(reason: str | None) -> str:
+    if not reason:
+        return "stop"
+    return _DONE_REASONS.get(reason, reason)
+
+
+class OllamaStreamDecoder:
+    """Bytes-free state machine: one NDJSON line in, at most one chunk out. The
+    ``done`` line carries usage and the reason (and possibly a last piece of
+    text): it becomes the final chunk."""
+
+    vendor = "Ollama"
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def feed(self, line: str | bytes) -> Chunk | None:
+        if not line.strip():
+            return None
+        frame = loads_json(line, self.vendor)
+        if not isinstance(frame, dict):
+            raise ProviderFailure(f"{self.vendor} sent a malformed stream frame")
+        error = frame.get("error")
+        if error is not None:
+            raise ProviderFailure(f"{self.vendor} stream error: {redact(str(error))}")
+        message = frame.get("message") or {}
+        text = message.get("content") or ""
+        if frame.get("done"):
+            self.done = True
+            return Chunk(
+                text=text,
+                usage=Usage(frame.get("prompt_eval_count"), frame.get("eval_count")),
+                finish_reason=map_done_reason(frame.get("done_reason")),
+            )
+        if text:
+            return Chunk(text=text)
+        return None
+
+    def end(self) -> None:
+        if not self.done:
+            raise ProviderFailure(f"{self.vendor} ended the stream before it finished")
+
+
+class OllamaProvider(HttpProvider):
+    provider = "ollama"
+    vendor = "Ollama"
+    path = "/api/chat"
+
+    def build_body(self, request: CompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": [{"role": turn.role, "content": turn.content} for turn in request.messages],
+            "stream": True,
+        }
+        options: dict[str, Any] = {}
+        max_tokens = request.max_tokens if request.max_tokens is not None else self.spec.max_tokens
+        if max_tokens is not None:
+            options["num_predict"] = max_tokens
+        temperature = (
+            request.temperature if request.temperature is not None else self.spec.temperature
+        )
+        if temperature is not None:
+            options["temperature"] = temperature
+        if options:
+            body["options"] = options
+        return body
+
+    def build_headers(self) -> dict[str, str]:
+        headers = {"accept": "application/x-ndjson"}
+        if self.spec.api_key:
+            # Ollama itself has no auth; proxies in front of it usually want a Bearer
+            headers["authorization"] = f"Bearer {self.spec.api_key}"
+        return headers
+
+    async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+        decoder = OllamaStreamDecoder()
+        async for line in response.aiter_lines():
+            chunk = decoder.feed(line)
+            if chunk is not None:
+                yield chunk
+            if decoder.done:
+                return
+        decoder.end()

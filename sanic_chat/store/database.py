@@ -1,0 +1,297 @@
+"""Database URLs, connection pools, and the one map from driver errors to ours.
+
+Two backends, one set of models and queries (``models.py``):
+
+* ``sqlite:///abs/path/chat.db`` (or ``sqlite:///:memory:``): peewee-async's
+  ``SqliteDatabase`` over aiosqlite, but with :class:`SqlitePool` instead of
+  the stock pool, which opens (and closes) a fresh connection -- a thread and
+  the pragmas -- for every query. Ours keeps a few configured connections.
+* ``postgresql://user:pass@host:port/db`` (or ``postgres://``): peewee-async's
+  ``PostgresqlDatabase`` over an aiopg pool. ``?schema=NAME`` puts every table
+  in that schema (via the connection's ``search_path``; ``migrate`` creates it),
+  which is how tests keep to themselves on a shared database.
+
+Optional query parameters on either: ``pool_size=N`` and ``timeout=SECONDS``
+(connect / acquire bound on PostgreSQL, busy timeout on SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import aiosqlite
+import peewee
+import peewee_async
+import psycopg2
+from peewee_async.pool import PoolBackend
+from peewee_async.utils import ConnectionProtocol
+
+from ..core.errors import ChatError, Unavailable
+
+__all__ = [
+    "ACCEPTED_URLS",
+    "DatabaseUrl",
+    "SqlitePool",
+    "connect_database",
+    "parse_url",
+    "unavailable_on_failure",
+]
+
+ACCEPTED_URLS = (
+    "sqlite:///absolute/path/chat.db, sqlite:///:memory:, or "
+    "postgresql://user:password@host:port/database (postgres:// also accepted); "
+    "optional query parameters: schema=NAME (PostgreSQL), pool_size=N, timeout=SECONDS"
+)
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+#: every way a driver says "the database cannot be reached or used right now";
+#: integrity errors are deliberately absent -- they carry meaning (idempotency,
+#: Conflict) and are handled where they can occur.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    peewee.OperationalError,
+    peewee.InterfaceError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    OSError,
+    TimeoutError,  # aiopg's connect/acquire timeout (asyncio.TimeoutError is this)
+)
+
+
+@contextmanager
+def unavailable_on_failure() -> Iterator[None]:
+    """Translate driver connectivity failures into :class:`Unavailable`."""
+    try:
+        yield
+    except ChatError:
+        raise
+    except _UNREACHABLE as exc:
+        raise Unavailable() from exc
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseUrl:
+    backend: Literal["sqlite", "postgresql"]
+    #: SQLite: the file path (or ``:memory:``); PostgreSQL: the database name
+    database: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = None
+    schema: str | None = None
+    pool_size: int | None = None
+    timeout: float = 5.0
+    #: further libpq parameters (``sslmode=...``), passed through
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.backend == "sqlite" and self.database == ":memory:"
+
+
+def _bad(url: str, why: str) -> ValueError:
+    shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)  # never echo a password
+    return ValueError(f"bad database URL {shown!r}: {why}; expected {ACCEPTED_URLS}")
+
+
+def parse_url(url: str, *, schema: str | None = None) -> DatabaseUrl:
+    """Parse a database URL, or raise :class:`ValueError` naming the accepted forms."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    try:
+        pool_size = int(query.pop("pool_size")) if "pool_size" in query else None
+        timeout = float(query.pop("timeout")) if "timeout" in query else 5.0
+    except ValueError:
+        raise _bad(url, "pool_size must be an integer and timeout a number") from None
+    if (pool_size is not None and pool_size < 1) or timeout <= 0:
+        raise _bad(url, "pool_size and timeout must be positive")
+    schema = schema or query.pop("schema", None) or None
+
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if parts.netloc or not parts.path or parts.path == "/":
+            raise _bad(url, "an SQLite URL has three slashes and then a path")
+        if query or schema:
+            raise _bad(url, "SQLite takes only pool_size and timeout")
+        path = unquote(parts.path)
+        database = ":memory:" if path == "/:memory:" else path
+        return DatabaseUrl("sqlite", database, pool_size=pool_size, timeout=timeout)
+
+    if scheme in ("postgresql", "postgres"):
+        database = unquote(parts.path.lstrip("/"))
+        if not database or not parts.hostname:
+            raise _bad(url, "a PostgreSQL URL names a host and a database")
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise _bad(url, "schema must be a plain SQL identifier")
+        return DatabaseUrl(
+            "postgresql",
+            database,
+            host=parts.hostname,
+            port=port or 5432,
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            schema=schema,
+            pool_size=pool_size,
+            timeout=timeout,
+            extra=query,
+        )
+    raise _bad(url, f"unknown scheme {parts.scheme!r}")
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class SqlitePool:
+    """A few persistent aiosqlite connections, each configured once.
+
+    At most ``size`` connections exist; an acquirer waits for a free one. A
+    connection handed back with a transaction still open (its ROLLBACK failed)
+    is closed rather than reused, so no caller ever inherits another's
+    half-done transaction.
+    """
+
+    def __init__(self, path: str, *, size: int, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[aiosqlite.Connection] = []
+        self._used: set[aiosqlite.Connection] = set()
+        self.closed = False
+
+    async def _open(self) -> aiosqlite.Connection:
+        # isolation_level=None: autocommit; the store issues BEGIN IMMEDIATE itself.
+        conn = await aiosqlite.connect(
+            self._path,
+            isolation_level=None,
+            timeout=self._busy_timeout,
+            check_same_thread=False,
+        )
+        try:
+            # WAL: readers never block the writer; NORMAL: durable against a
+            # process crash (an OS crash may lose the last commits), fsync-light.
+            await conn.executescript(
+                "PRAGMA journal_mode=WAL;"
+                "PRAGMA synchronous=NORMAL;"
+                "PRAGMA foreign_keys=ON;"
+                f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)};"
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def acquire(self) -> aiosqlite.Connection:
+        if self.closed:
+            raise peewee.InterfaceError("the SQLite pool is closed")
+        await self._slots.acquire()
+        try:
+            if self.closed:
+                raise peewee.InterfaceError("the SQLite pool is closed")
+            conn = self._idle.pop() if self._idle else await self._open()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._used.add(conn)
+        return conn
+
+    async def release(self, conn: aiosqlite.Connection) -> None:
+        self._used.discard(conn)
+        try:
+            if self.closed or conn.in_transaction:
+                await conn.close()
+            else:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        # Connections in use are closed when they come back (see release).
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+    def has_acquired_connections(self) -> bool:
+        return bool(self._used)
+
+
+class _SqlitePoolBackend(PoolBackend):
+    required_modules = ["aiosqlite"]
+
+    async def create(self) -> None:
+        self.pool = SqlitePool(
+            self.database,
+            size=int(self.connect_params["size"]),
+            busy_timeout=float(self.connect_params["busy_timeout"]),
+        )
+
+    def _pool(self) -> SqlitePool:
+        assert isinstance(self.pool, SqlitePool), "pool is not created"
+        return self.pool
+
+    async def acquire(self) -> ConnectionProtocol:
+        if self.pool is None:
+            await self.connect()
+        conn: Any = await self._pool().acquire()
+        return conn  # type: ignore[no-any-return]
+
+    async def release(self, conn: ConnectionProtocol) -> None:
+        assert isinstance(conn, aiosqlite.Connection)
+        await self._pool().release(conn)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self._pool().close()
+
+    def has_acquired_connections(self) -> bool:
+        return self.pool is not None and self._pool().has_acquired_connections()
+
+
+class _SqliteDatabase(peewee_async.SqliteDatabase):
+    pool_backend_cls = _SqlitePoolBackend
+
+
+# --------------------------------------------------------------------------- both
+
+
+def connect_database(url: DatabaseUrl) -> peewee_async.databases.AioDatabase:
+    """Build the peewee-async database for ``url``. No I/O: pools connect lazily,
+    so a store can be opened while the database is down (and report Unavailable)."""
+    if url.backend == "sqlite":
+        # One connection for :memory: -- each connection would be its own database.
+        size = 1 if url.in_memory else (url.pool_size or 4)
+        return _SqliteDatabase(
+            url.database,
+            returning_clause=True,
+            pool_params={"size": size, "busy_timeout": url.timeout},
+        )
+    connect: dict[str, Any] = {"host": url.host, "port": url.port, **url.extra}
+    if url.user is not None:
+        connect["user"] = url.user
+    if url.password is not None:
+        connect["password"] = url.password
+    if url.schema is not None:
+        connect["options"] = f"-c search_path={url.schema}"
+    connect.setdefault("application_name", "sanic-chat")
+    return peewee_async.PostgresqlDatabase(
+        url.database,
+        **connect,
+        # aiopg's timeout bounds connecting and waiting for a pooled connection
+        pool_params={"minsize": 1, "maxsize": url.pool_size or 10, "timeout": url.timeout},
+    )

@@ -1,0 +1,43 @@
+"""What every transport gets: the one small interface through which it drives
+the core. A transport module exposes ``register(app, context)`` and nothing
+else; which transports are on is configuration (``SANIC_CHAT_TRANSPORTS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.service import ChatService
+from ..core.session import ChatSession, FrameGate
+from ..metrics import Metrics
+
+__all__ = ["Authenticate", "TransportContext", "TransportModule"]
+
+#: resolves the user of an HTTP request or WebSocket upgrade; raises Unauthorized
+Authenticate = Callable[[Any], Awaitable[str]]
+
+
+@dataclass(slots=True)
+class TransportContext:
+    """Built with the app; ``service`` is set when the server starts (routes
+    are registered before that and read it per request)."""
+
+    authenticate: Authenticate
+    metrics: Metrics
+    heartbeat_s: float = 15.0
+    max_frame_bytes: int = 256 * 1024
+    idle_timeout_s: float = 300.0
+    gate: FrameGate | None = None
+    #: called when a user opens/closes a connection; may raise to refuse one
+    on_connect: Callable[[str], None] | None = None
+    on_disconnect: Callable[[str], None] | None = None
+    service: ChatService = field(init=False)
+
+    def open_session(self, user: str) -> ChatSession:
+        return ChatSession(self.service, user, gate=self.gate)
+
+
+class TransportModule(Protocol):
+    def register(self, app: Any, context: TransportContext) -> None: ...
