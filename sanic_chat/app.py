@@ -43,7 +43,7 @@ async def open_store_for(settings: Settings) -> MessageStore:
     if settings.database_url.startswith("sqlite:"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(settings.database_url)
-    if settings.database_url.startswith("sqlite:"):
+    if settings.auto_migrate:
         # the embedded default keeps its own schema up to date
         await store.migrate()
     return store

@@ -39,6 +39,17 @@ class RateLimit:
         return cls(int(match.group(1)), float(period[match.group(2)]))
 
 
+def _flag(raw: str | None, *, default: bool, name: str) -> bool:
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"SANIC_CHAT_{name}={raw!r}: use 1 or 0")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "sanic-chat"
@@ -74,6 +85,9 @@ class Settings:
     log_format: str = "text"
     log_content: bool = False
     node_id: str | None = None
+    #: create/upgrade the schema at start-up (default: on for SQLite only;
+    #: PostgreSQL deployments run ``sanic-chat migrate`` once per release)
+    auto_migrate: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -189,4 +203,7 @@ class Settings:
             log_format=log_format,
             log_content=(get("LOG_CONTENT", "0") or "0") in ("1", "true", "yes"),
             node_id=get("NODE_ID"),
+            auto_migrate=_flag(
+                get("AUTO_MIGRATE"), default=database_url.startswith("sqlite"), name="AUTO_MIGRATE"
+            ),
         )

@@ -160,7 +160,9 @@ class OpenAIFormat(WireFormat):
 
     @staticmethod
     def error_type(status: int) -> str:
-        return OpenAIFormat._TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return OpenAIFormat._TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
 
     @staticmethod
     def error_body(status: int, error_type: str, message: str) -> bytes:
@@ -214,7 +216,11 @@ class AnthropicFormat(WireFormat):
 
     def head(self) -> bytes:
         start = {"type": "message_start", "message": self._message([], None, 1)}
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
         return (
             self._event(b"message_start", _json(start))
             + self._event(b"content_block_start", _json(block))
@@ -246,7 +252,7 @@ class AnthropicFormat(WireFormat):
         return self._event(b"error", _json(error))
 
     def malformed_frame(self) -> bytes:
-        return b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{\n\n'
+        return b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{\n\n'
 
     def complete(self) -> bytes:
         text = "".join(self.reply.tokens)
@@ -255,7 +261,9 @@ class AnthropicFormat(WireFormat):
 
     @staticmethod
     def error_type(status: int) -> str:
-        return AnthropicFormat._TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return AnthropicFormat._TYPES.get(
+            status, "api_error" if status >= 500 else "invalid_request_error"
+        )
 
     @staticmethod
     def error_body(status: int, error_type: str, message: str) -> bytes:
@@ -305,7 +313,7 @@ class OllamaFormat(WireFormat):
         return _json({"error": message}) + b"\n"
 
     def malformed_frame(self) -> bytes:
-        return self._prefix + b'oops\n'
+        return self._prefix + b"oops\n"
 
     def complete(self) -> bytes:
         return _json(self._final("".join(self.reply.tokens)))

@@ -91,3 +91,41 @@ def run_server(
                 yield server
             finally:
                 server.stop()
+
+
+DEMO_MODELS_TOML = """
+default = "demo"
+[models.demo]
+provider = "demo"
+ttft_ms = {ttft_ms}
+tokens_per_second = {tokens_per_second}
+reply_tokens = {reply_tokens}
+"""
+
+
+def demo_models_file(
+    directory: Path, *, ttft_ms: float = 50, tokens_per_second: float = 200, reply_tokens: int = 30
+) -> str:
+    path = directory / "models.toml"
+    path.write_text(
+        DEMO_MODELS_TOML.format(
+            ttft_ms=ttft_ms, tokens_per_second=tokens_per_second, reply_tokens=reply_tokens
+        )
+    )
+    return str(path)
+
+
+def database_env(backend: str) -> dict[str, str]:
+    """Server environment for ``backend`` ("sqlite": the embedded default in the
+    server's temp data dir; "postgres": a fresh schema on the shared test
+    database, migrated at start-up)."""
+    if backend == "sqlite":
+        return {}
+    from tests.conftest import require_postgres
+
+    url = require_postgres()
+    schema = f"t_{os.getpid()}_{free_port()}"
+    return {
+        "SANIC_CHAT_DATABASE_URL": f"{url}?schema={schema}",
+        "SANIC_CHAT_AUTO_MIGRATE": "1",
+    }

@@ -102,12 +102,21 @@ class Outbox:
             self._started.add(event.generation_id)
             self._append(event)
         elif isinstance(event, MessageAccepted):
+            # the bus echoes a connection's own message.accepted back to it
             if event.message.id in self._accepted:
                 return
             self._accepted.add(event.message.id)
             self._append(event)
         else:
             self._append(event)
+
+    def push_answer(self, accepted: MessageAccepted) -> None:
+        """Queue the answer to this connection's own ``message.create``: always
+        delivered, even for a resend of a message this connection saw before."""
+        if self._closed:
+            return
+        self._accepted.add(accepted.message.id)
+        self._append(accepted)
 
     def _push_delta(self, delta: GenerationDelta) -> None:
         gid = delta.generation_id

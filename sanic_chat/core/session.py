@@ -95,13 +95,16 @@ class ChatSession:
                 raise NotFound("no such conversation", ref=frame.client_id)
             await self._ensure_subscribed(frame.conversation_id)
             posted, accepted = await self.service.post(self.user, frame)
-            self.outbox.push(accepted)
+            if posted.created:
+                self.outbox.push(accepted)  # deduplicated against the bus's copy
+            else:
+                self.outbox.push_answer(accepted)
             return
         # a new conversation: its id is only known once posted. The reply's
         # events from then on are replayed through follow() by offset, so
         # nothing published before the subscription is lost.
         posted, accepted = await self.service.post(self.user, frame)
-        self.outbox.push(accepted)
+        self.outbox.push_answer(accepted)
         await self._ensure_subscribed(posted.conversation.id)
         if accepted.generation_id is not None and posted.created:
             await self._follow(accepted.generation_id, 0)

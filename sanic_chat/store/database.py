@@ -175,6 +175,10 @@ class SqlitePool:
         self.closed = False
 
     async def _open(self) -> aiosqlite.Connection:
+        # Fail here, in a plain thread, when the file cannot be opened: aiosqlite's
+        # own failed connect leaves its worker thread to report to an event loop
+        # that may be closed by then. Connections are opened rarely (they persist).
+        await asyncio.to_thread(self._probe)
         # isolation_level=None: autocommit; the store issues BEGIN IMMEDIATE itself.
         conn = await aiosqlite.connect(
             self._path,
@@ -195,6 +199,9 @@ class SqlitePool:
             await conn.close()
             raise
         return conn
+
+    def _probe(self) -> None:
+        sqlite3.connect(self._path, timeout=self._busy_timeout).close()
 
     async def acquire(self) -> aiosqlite.Connection:
         if self.closed:

@@ -45,7 +45,8 @@ SSE_HEADERS = {
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
-    async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
+    async def post_message(request: Request, conversation_id: Any) -> HTTPResponse:
+        conversation_id = str(conversation_id)  # the router matched a UUID
         body = _json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
@@ -70,7 +71,8 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             status=202,
         )
 
-    async def conversation_events(request: Request, conversation_id: str) -> None:
+    async def conversation_events(request: Request, conversation_id: Any) -> None:
+        conversation_id = str(conversation_id)  # the router matched a UUID
         last = parse_last_event_id(request)
         frame = frame_from_object(
             {
@@ -89,7 +91,8 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             raise
         await _stream(request, session, context, until_terminal_of=None)
 
-    async def generation_events(request: Request, generation_id: str) -> None:
+    async def generation_events(request: Request, generation_id: Any) -> None:
+        generation_id = str(generation_id)  # the router matched a UUID
         last = parse_last_event_id(request)
         offset: Any = request.args.get("offset")
         if last is not None and last[0] == generation_id:
@@ -111,7 +114,8 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             raise
         await _stream(request, session, context, until_terminal_of=frame.generation_id)
 
-    async def cancel(request: Request, generation_id: str) -> HTTPResponse:
+    async def cancel(request: Request, generation_id: Any) -> HTTPResponse:
+        generation_id = str(generation_id)  # the router matched a UUID
         frame = frame_from_object({"type": "generation.cancel", "generation_id": generation_id})
         assert isinstance(frame, GenerationCancel)
         message = await context.service.cancel(request.ctx.user, frame.generation_id)
@@ -119,25 +123,25 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
 
     app.add_route(
         post_message,
-        "/api/v1/conversations/<conversation_id:str>/messages",
+        "/api/v1/conversations/<conversation_id:uuid>/messages",
         methods=["POST"],
         name="sse_post_message",
     )
     app.add_route(
         conversation_events,
-        "/api/v1/conversations/<conversation_id:str>/events",
+        "/api/v1/conversations/<conversation_id:uuid>/events",
         methods=["GET"],
         name="sse_conversation_events",
     )
     app.add_route(
         generation_events,
-        "/api/v1/generations/<generation_id:str>/events",
+        "/api/v1/generations/<generation_id:uuid>/events",
         methods=["GET"],
         name="sse_generation_events",
     )
     app.add_route(
         cancel,
-        "/api/v1/generations/<generation_id:str>/cancel",
+        "/api/v1/generations/<generation_id:uuid>/cancel",
         methods=["POST"],
         name="sse_cancel",
     )

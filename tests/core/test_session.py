@@ -346,3 +346,17 @@ async def test_subscribers_of_a_conversation_see_the_reply_and_stop_from_either_
     tab_events = await events_until_terminal(other_tab)
     assert isinstance(tab_events[-1], GenerationCancelled)
     assert text_of(sender_events) == "shared "
+
+
+async def test_a_resend_on_the_same_connection_is_answered_again(world) -> None:
+    service, provider, _ = world
+    session = ChatSession(service, "alice")
+    client_id = str(uuid.uuid4())
+    await session.receive(create("twice", client_id))
+    first = await next_event(session)
+    provider.end()
+    await events_until_terminal(session)
+    await session.receive(create("twice", client_id))
+    again = await next_event(session)
+    assert isinstance(again, MessageAccepted) and again.message.id == first.message.id
+    assert len(provider.requests) == 1

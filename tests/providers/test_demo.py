@@ -12,7 +12,8 @@ async def _collect(provider: DemoProvider, request: CompletionRequest) -> list[C
 
 def _req(text: str, **kw: object) -> CompletionRequest:
     return CompletionRequest(
-        messages=[Turn("system", "be brief"), Turn("user", text)], **kw  # type: ignore[arg-type]
+        messages=[Turn("system", "be brief"), Turn("user", text)],
+        **kw,  # type: ignore[arg-type]
     )
 
 

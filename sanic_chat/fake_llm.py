@@ -1,0 +1,853 @@
+"""A local LLM server for tests, benchmarks and keyless frontend work.
+
+It speaks three vendors' streaming formats (see :mod:`sanic_chat.fake_llm_formats`):
+
+* OpenAI    ``POST /v1/chat/completions`` (also ``/chat/completions``): SSE of
+  ``chat.completion.chunk``, a usage chunk when ``stream_options.include_usage``,
+  then ``data: [DONE]``; a ``chat.completion`` JSON when ``stream`` is false.
+* Anthropic ``POST /v1/messages``: SSE with ``event:`` lines (message_start,
+  content_block_start, ping, content_block_delta..., content_block_stop,
+  message_delta, message_stop); a ``message`` JSON when ``stream`` is false.
+* Ollama    ``POST /api/chat``: NDJSON until ``"done": true`` (streams unless
+  ``"stream": false``, as Ollama does).
+
+Plus ``GET /_fake/stats`` (counters, the last request seen), ``POST /_fake/reset``
+and ``GET /healthz``.
+
+The reply is :func:`reply_tokens` of the last user message (directive removed):
+deterministic, so a test can compute the exact text it must receive.
+
+Directives: per-request behaviour, as ``key=value`` pairs separated by ``;``,
+given in the ``X-Fake-LLM`` request header and/or in the last user message as
+``[fake-llm: key=value; ...]`` (the message wins over the header, both win over
+the server's defaults)::
+
+    ttft_ms=0              pause before the first token (milliseconds)
+    tps=100                tokens per second (0: as fast as possible)
+    tokens=5               reply length in tokens (the request's max tokens caps it)
+    key=t1                 the stats bucket of this request (default: the fault text)
+    fault=status:503       answer this HTTP status with the vendor's error body
+                           (429 carries Retry-After: <retry_after>)
+    fault=cut:3            after 3 tokens, close the TCP connection mid-body
+    fault=stall:2.5        stop sending for 2.5 s before token <at> (default 0), then go on
+    fault=malformed:3      after 3 tokens, send a frame that is not valid JSON, then go on
+    fault=error:3          after 3 tokens, send the vendor's in-stream error and end
+                           (Anthropic: event: error, overloaded_error)
+    at=3                   the token index of a stall
+    retry_after=0.2        Retry-After of a 429 (seconds)
+    error_type=api_error   the in-stream error's type
+    fail_first=2           the fault hits only the first 2 attempts of this key
+
+Built on a bare ``asyncio.Protocol`` with httptools and timer callbacks (no
+coroutine per stream), so one core sustains thousands of concurrent streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import threading
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httptools
+import orjson
+
+from .fake_llm_formats import FORMATS, Reply, WireFormat
+from .providers.demo import demo_reply_words
+
+__all__ = [
+    "DIRECTIVE_HEADER",
+    "DirectiveError",
+    "FakeLLM",
+    "FakeLLMServer",
+    "FakeOptions",
+    "Fault",
+    "add_arguments",
+    "main_from_args",
+    "reply_text",
+    "reply_tokens",
+    "run_fake_llm",
+    "serve_fake_llm",
+]
+
+DIRECTIVE_HEADER = "x-fake-llm"
+_MAGIC = re.compile(r"\[fake-llm:?([^\]]*)\]")
+_ROUTES = {
+    "/v1/chat/completions": "openai",
+    "/chat/completions": "openai",
+    "/v1/messages": "anthropic",
+    "/api/chat": "ollama",
+}
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Site Overloaded",
+}
+
+
+def reply_tokens(prompt: str, count: int) -> list[str]:
+    """The tokens the fake answers ``prompt`` with: words, each but the last
+    followed by a space."""
+    words = demo_reply_words(prompt, count)
+    return [word + " " for word in words[:-1]] + words[-1:]
+
+
+def reply_text(prompt: str, count: int) -> str:
+    return "".join(reply_tokens(prompt, count))
+
+
+# --------------------------------------------------------------------------- directives
+
+
+class DirectiveError(ValueError):
+    """A directive the fake does not understand (answered 400)."""
+
+
+_FAULT_KINDS = ("status", "cut", "stall", "malformed", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: str  # one of _FAULT_KINDS
+    value: float  # status code, token index, or stall seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Fault | None:
+        text = text.strip()
+        if text in ("", "none"):
+            return None
+        kind, _, arg = text.partition(":")
+        if kind not in _FAULT_KINDS:
+            raise DirectiveError(f"unknown fault {kind!r}; use one of {', '.join(_FAULT_KINDS)}")
+        try:
+            value = float(arg) if arg else 0.0
+        except ValueError:
+            raise DirectiveError(f"fault {text!r}: {arg!r} is not a number") from None
+        if kind == "status" and not 400 <= value <= 599:
+            raise DirectiveError(f"fault {text!r}: give an error status, e.g. status:503")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        value = int(self.value) if self.value == int(self.value) else self.value
+        return f"{self.kind}:{value}"
+
+
+_ALIASES = {"tokens_per_second": "tps", "reply_tokens": "tokens"}
+
+
+@dataclass(frozen=True, slots=True)
+class FakeOptions:
+    ttft_ms: float = 200.0
+    tps: float = 50.0
+    tokens: int = 40
+    fault: Fault | None = None
+    at: int = 0
+    retry_after: float = 1.0
+    error_type: str | None = None
+    fail_first: int = 0  # 0: the fault hits every attempt
+    key: str | None = None
+
+    def with_directives(self, text: str) -> FakeOptions:
+        changes: dict[str, Any] = {}
+        for part in text.split(";"):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            name, value = name.strip(), value.strip()
+            name = _ALIASES.get(name, name)
+            if not sep:
+                raise DirectiveError(f"directive {part.strip()!r} needs a value (name=value)")
+            try:
+                if name in ("ttft_ms", "tps", "retry_after"):
+                    changes[name] = float(value)
+                elif name in ("tokens", "at", "fail_first"):
+                    changes[name] = int(value)
+                elif name == "fault":
+                    changes[name] = Fault.parse(value)
+                elif name in ("key", "error_type"):
+                    changes[name] = value or None
+                else:
+                    raise DirectiveError(f"unknown fake-llm directive {name!r}")
+            except ValueError as exc:
+                if isinstance(exc, DirectiveError):
+                    raise
+                raise DirectiveError(f"directive {name}={value!r} is not a number") from None
+        return replace(self, **changes) if changes else self
+
+    @property
+    def bucket(self) -> str:
+        if self.key:
+            return self.key
+        return str(self.fault) if self.fault else "default"
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass(slots=True)
+class FakeStats:
+    requests: int = 0
+    attempts: Counter[str] = field(default_factory=Counter)
+    active_streams: int = 0
+    streams_completed: int = 0
+    # the client went away while its response was still being written
+    disconnects: int = 0
+    disconnects_by_key: Counter[str] = field(default_factory=Counter)
+    cuts: int = 0
+    last_request: dict[str, Any] | None = None
+    last_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "attempts": dict(self.attempts),
+            "active_streams": self.active_streams,
+            "streams_completed": self.streams_completed,
+            "disconnects": self.disconnects,
+            "disconnects_by_key": dict(self.disconnects_by_key),
+            "cuts": self.cuts,
+            "last_request": self.last_request,
+            "last_requests": dict(self.last_requests),
+        }
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _turns(vendor: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    turns: list[tuple[str, str]] = []
+    if vendor == "anthropic" and body.get("system"):
+        turns.append(("system", _text(body["system"])))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            turns.append((str(message.get("role", "")), _text(message.get("content"))))
+    return turns
+
+
+def _max_tokens(vendor: str, body: dict[str, Any]) -> int | None:
+    if vendor == "openai":
+        value = body.get("max_completion_tokens", body.get("max_tokens"))
+    elif vendor == "anthropic":
+        value = body.get("max_tokens")
+    else:
+        value = (body.get("options") or {}).get("num_predict")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeLLMServer:
+    """The fake server on the running event loop; see :func:`serve_fake_llm`."""
+
+    def __init__(self, options: FakeOptions, *, api_key: str | None = None) -> None:
+        self.options = options
+        self.api_key = api_key
+        self.stats = FakeStats()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=4096, reuse_address=True
+        )
+        self.host, self.port = self._server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self._connections):
+                connection.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    def reset(self) -> None:
+        self.stats = FakeStats()
+
+    # -- dispatch
+
+    def dispatch(self, conn: _Connection, request: _Request) -> None:
+        path = request.path.partition("?")[0]
+        if path == "/_fake/stats" and request.method == "GET":
+            conn.send(200, orjson.dumps(self.stats.snapshot()))
+            return
+        if path == "/_fake/reset" and request.method == "POST":
+            self.reset()
+            conn.send(200, b'{"ok":true}')
+            return
+        if path == "/healthz":
+            conn.send(200, b'{"ok":true}')
+            return
+        if path == "/v1/models" and request.method == "GET":
+            model = {"id": "fake", "object": "model", "created": 0, "owned_by": "fake-llm"}
+            conn.send(200, orjson.dumps({"object": "list", "data": [model]}))
+            return
+        vendor = _ROUTES.get(path)
+        if vendor is None:
+            conn.send(404, orjson.dumps({"error": f"no route {path}"}))
+            return
+        if request.method != "POST":
+            conn.send(405, orjson.dumps({"error": "use POST"}))
+            return
+        self._complete(conn, request, vendor)
+
+    def _complete(self, conn: _Connection, request: _Request, vendor: str) -> None:
+        wire = FORMATS[vendor]
+
+        def refuse(status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+            body = wire.error_body(status, wire.error_type(status), message)
+            conn.send(status, body, wire.content_type, headers)
+
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            refuse(400, "the request body is not valid JSON")
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            refuse(400, "messages: a list is required")
+            return
+        turns = _turns(vendor, body)
+        last_user = next((text for role, text in reversed(turns) if role == "user"), "")
+        try:
+            options = self.options.with_directives(request.headers.get(DIRECTIVE_HEADER, ""))
+            for found in _MAGIC.finditer(last_user):
+                options = options.with_directives(found.group(1))
+        except DirectiveError as exc:
+            refuse(400, str(exc))
+            return
+
+        stats = self.stats
+        bucket = options.bucket
+        stats.requests += 1
+        stats.attempts[bucket] += 1
+        attempt = stats.attempts[bucket]
+        seen = {"path": request.path, "headers": request.headers, "body": body}
+        stats.last_request = seen
+        stats.last_requests[bucket] = seen
+
+        if self.api_key is not None and not _authorized(vendor, request.headers, self.api_key):
+            # like some vendors, echo what was sent: clients must not pass it on
+            sent = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+            refuse(401, f"Incorrect API key provided: {sent}")
+            return
+        fault = options.fault
+        if fault is not None and options.fail_first and attempt > options.fail_first:
+            fault = None
+        if fault is not None and fault.kind == "status":
+            status = int(fault.value)
+            headers = {"retry-after": _number(options.retry_after)} if status == 429 else None
+            refuse(status, f"fake-llm injected status {status}", headers)
+            return
+        if vendor == "anthropic" and not isinstance(body.get("max_tokens"), int):
+            refuse(400, "max_tokens: Field required")
+            return
+
+        prompt = _MAGIC.sub("", last_user).strip()
+        count = options.tokens
+        limit = _max_tokens(vendor, body)
+        truncated = limit is not None and limit < count
+        if limit is not None:
+            count = min(count, limit)
+        reply = Reply(
+            model=str(body.get("model") or "fake"),
+            tokens=reply_tokens(prompt, count),
+            input_tokens=sum(len(text.split()) for _, text in turns),
+            truncated=truncated,
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        )
+        fmt = wire(reply)
+        streaming = body.get("stream", vendor == "ollama")
+        if not streaming:
+            loop = asyncio.get_running_loop()
+            conn.timer = loop.call_later(
+                options.ttft_ms / 1000.0, conn.send, 200, fmt.complete(), wire.content_type
+            )
+            return
+        _Stream(self, conn, fmt, options, fault, bucket).start()
+
+
+def _authorized(vendor: str, headers: Mapping[str, str], key: str) -> bool:
+    if vendor == "anthropic":
+        return headers.get("x-api-key") == key
+    return headers.get("authorization") == f"Bearer {key}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+class _Stream:
+    """One streamed reply, driven by timer callbacks: token ``i`` is due at
+    ``t0 + i / tps`` (a stall moves ``t0``); tokens already due go out together
+    in one write, one frame each."""
+
+    __slots__ = (
+        "bucket",
+        "conn",
+        "fault",
+        "fault_index",
+        "fmt",
+        "index",
+        "interval",
+        "loop",
+        "options",
+        "server",
+        "t0",
+        "used_fault",
+    )
+
+    def __init__(
+        self,
+        server: FakeLLMServer,
+        conn: _Connection,
+        fmt: WireFormat,
+        options: FakeOptions,
+        fault: Fault | None,
+        bucket: str,
+    ) -> None:
+        self.server = server
+        self.conn = conn
+        self.fmt = fmt
+        self.options = options
+        self.fault = fault
+        self.fault_index = (
+            -1 if fault is None else options.at if fault.kind == "stall" else int(fault.value)
+        )
+        self.used_fault = False
+        self.bucket = bucket
+        self.index = 0
+        self.interval = 1.0 / options.tps if options.tps > 0 else 0.0
+        self.loop = asyncio.get_running_loop()
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.server.stats.active_streams += 1
+        self.conn.stream = self
+        self.conn.start_stream(self.fmt.stream_content_type)
+        head = self.fmt.head()
+        if head:
+            self.conn.write_chunk(head)
+        self.t0 = self.loop.time() + self.options.ttft_ms / 1000.0
+        self.conn.timer = self.loop.call_at(self.t0, self.step)
+
+    def step(self) -> None:
+        conn = self.conn
+        conn.timer = None
+        if conn.closed:
+            return
+        if conn.paused:
+            conn.waiting = True
+            return
+        tokens = self.fmt.reply.tokens
+        out = bytearray()
+        now = self.loop.time()
+        while True:
+            i = self.index
+            if i == self.fault_index and not self.used_fault:
+                assert self.fault is not None
+                self.used_fault = True
+                kind = self.fault.kind
+                if kind == "cut":
+                    conn.write_chunk(bytes(out))
+                    self.finish()
+                    self.server.stats.cuts += 1
+                    conn.cut()
+                    return
+                if kind == "stall":
+                    conn.write_chunk(bytes(out))
+                    self.t0 += self.fault.value
+                    conn.timer = self.loop.call_at(now + self.fault.value, self.step)
+                    return
+                if kind == "malformed":
+                    out += self.fmt.malformed_frame()
+                elif kind == "error":
+                    error_type = self.options.error_type or (
+                        "overloaded_error" if self.fmt.name == "anthropic" else "server_error"
+                    )
+                    out += self.fmt.error_frame(error_type, "fake-llm injected error")
+                    conn.write_chunk(bytes(out))
+                    self.end()
+                    return
+            if i >= len(tokens):
+                out += self.fmt.tail()
+                conn.write_chunk(bytes(out))
+                self.end()
+                return
+            out += self.fmt.token(tokens[i])
+            self.index = i + 1
+            due = self.t0 + self.index * self.interval
+            if due > now:
+                conn.write_chunk(bytes(out))
+                conn.timer = self.loop.call_at(due, self.step)
+                return
+
+    def end(self) -> None:
+        self.finish()
+        self.server.stats.streams_completed += 1
+        self.conn.end_stream()
+
+    def finish(self) -> None:
+        self.server.stats.active_streams -= 1
+        self.conn.stream = None
+
+    def lost(self) -> None:
+        """The client went away mid-stream."""
+        stats = self.server.stats
+        stats.active_streams -= 1
+        stats.disconnects += 1
+        stats.disconnects_by_key[self.bucket] += 1
+        self.conn.stream = None
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: keep-alive, requests answered in order."""
+
+    def __init__(self, server: FakeLLMServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[_Request] = deque()
+        self.busy = False
+        self.closed = False
+        self.paused = False
+        self.waiting = False  # a stream step waits for the write buffer to drain
+        self.stream: _Stream | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.keep_alive = True
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send(400, b'{"error":"bad HTTP request"}', keep_alive=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.stream is not None:
+            self.stream.lost()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.waiting and self.stream is not None:
+            self.waiting = False
+            self.stream.step()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.pending.append(
+            _Request(
+                method=self.parser.get_method().decode(),
+                path=self._url.decode("latin-1"),
+                headers=self._headers,
+                body=b"".join(self._body),
+                keep_alive=self.parser.should_keep_alive(),
+            )
+        )
+        if not self.busy:
+            self._next()
+
+    # -- responses
+
+    def _next(self) -> None:
+        if self.busy or self.closed or not self.pending:
+            return
+        request = self.pending.popleft()
+        self.busy = True
+        self.keep_alive = request.keep_alive
+        self.server.dispatch(self, request)
+
+    def _done(self) -> None:
+        self.busy = False
+        if not self.keep_alive:
+            self.close()
+        elif self.pending:
+            asyncio.get_running_loop().call_soon(self._next)
+
+    def _head(self, status: int, content_type: bytes, extra: bytes) -> bytes:
+        connection = b"keep-alive" if self.keep_alive else b"close"
+        return (
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\nconnection: %s\r\n"
+            b"x-request-id: fake\r\nrequest-id: req_fake\r\n%s"
+        ) % (status, _REASONS.get(status, "Error").encode(), content_type, connection, extra)
+
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        headers: Mapping[str, str] | None = None,
+        *,
+        keep_alive: bool | None = None,
+    ) -> None:
+        self.timer = None
+        if self.closed or self.transport is None:
+            return
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
+        extra = b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in (headers or {}).items()
+        )
+        extra += b"content-length: %d\r\n\r\n" % len(body)
+        self.transport.write(self._head(status, content_type, extra) + body)
+        self._done()
+
+    def start_stream(self, content_type: bytes) -> None:
+        assert self.transport is not None
+        extra = b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        self.transport.write(self._head(200, content_type, extra))
+
+    def write_chunk(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end_stream(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+            self._done()
+
+    def cut(self) -> None:
+        """Close mid-body: what is written goes out, then FIN, no last chunk."""
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def _options(options: Mapping[str, Any]) -> tuple[FakeOptions, str | None]:
+    """FakeOptions (and the required API key) from keyword options: ttft_ms,
+    tokens_per_second / tps, reply_tokens / tokens, fault, directives, api_key."""
+    opts = dict(options)
+    api_key = opts.pop("api_key", None)
+    directives = opts.pop("directives", None) or ""
+    base = FakeOptions()
+    parts = []
+    for name, value in opts.items():
+        if value is None:
+            continue
+        parts.append(f"{name}={value}")
+    result = base.with_directives(";".join(parts))
+    if directives:
+        result = result.with_directives(directives)
+    return result, api_key
+
+
+async def serve_fake_llm(host: str = "127.0.0.1", port: int = 0, **options: Any) -> FakeLLMServer:
+    """Start the fake on the running loop; ``await server.close()`` stops it."""
+    fake_options, api_key = _options(options)
+    server = FakeLLMServer(fake_options, api_key=api_key)
+    await server.start(host, port)
+    return server
+
+
+class FakeLLM:
+    """The fake on its own thread and event loop, for tests::
+
+    with FakeLLM(ttft_ms=0, tps=0) as fake:
+        fake.base_url   # http://127.0.0.1:<free port>
+        fake.stats()    # what GET /_fake/stats answers
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        self._host, self._port = host, port
+        self._options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: FakeLLMServer | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() it first"
+        return self._server.base_url
+
+    def start(self) -> FakeLLM:
+        self._thread = threading.Thread(target=self._run, name="fake-llm", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            self._server = loop.run_until_complete(
+                serve_fake_llm(self._host, self._port, **self._options)
+            )
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._server.close())
+            loop.close()
+
+    def _call(self, fn: Any) -> Any:
+        assert self._loop is not None
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(5)
+
+    def stats(self) -> dict[str, Any]:
+        assert self._server is not None
+        server = self._server
+        return self._call(lambda: orjson.loads(orjson.dumps(server.stats.snapshot())))  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        assert self._server is not None
+        self._call(self._server.reset)
+
+    def close(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> FakeLLM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_fake_llm(host: str, port: int, **options: Any) -> None:
+    """Serve until interrupted (blocking). Options as :class:`FakeLLM`'s."""
+
+    async def main() -> None:
+        server = await serve_fake_llm(host, port, **options)
+        print(f"fake-llm listening on {server.base_url}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(main())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--ttft-ms", type=float, default=200.0, help="pause before the first token")
+    parser.add_argument("--tokens-per-second", type=float, default=50.0, help="0: unpaced")
+    parser.add_argument("--reply-tokens", type=int, default=40, help="tokens per reply")
+    parser.add_argument("--fault", default=None, help="a fault for every request, e.g. status:503")
+    parser.add_argument(
+        "--directives",
+        default=None,
+        help='default directives, e.g. "fault=status:429;retry_after=2;fail_first=1"',
+    )
+    parser.add_argument("--api-key", default=None, help="require this key (Bearer / x-api-key)")
+
+
+def main_from_args(args: argparse.Namespace) -> None:
+    run_fake_llm(
+        args.host,
+        args.port,
+        ttft_ms=args.ttft_ms,
+        tps=args.tokens_per_second,
+        tokens=args.reply_tokens,
+        fault=args.fault,
+        directives=args.directives,
+        api_key=args.api_key,
+    )
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="fake-llm", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    main_from_args(_parser.parse_args())
