@@ -51,8 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1 and settings.bus_url.startswith("memory://"):
         print(
-            "sanic-chat: --workers > 1 needs a shared bus: set SANIC_CHAT_BUS_URL=redis://host:6379/0 "
-            "(the in-memory bus serves one process only)",
+            "sanic-chat: --workers > 1 needs a shared bus: set "
+            "SANIC_CHAT_BUS_URL=redis://host:6379/0 (the in-memory bus serves one process only)",
             file=sys.stderr,
         )
         return 2
@@ -77,7 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
         motd=False,
     )
     where = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
-    print(f"sanic-chat: serving on {where} (database: {_redact(settings.database_url)})", flush=True)
+    print(
+        f"sanic-chat: serving on {where} (database: {_redact(settings.database_url)})", flush=True
+    )
     if args.workers == 1:
         Sanic.serve_single(primary=app)
     else:

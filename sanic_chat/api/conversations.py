@@ -71,7 +71,9 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
     @bp.get("/")
     @openapi.summary("List own conversations, newest first")
     @openapi.parameter("limit", int)
-    @openapi.parameter("before", str, description="updated_at of the last item of the previous page")
+    @openapi.parameter(
+        "before", str, description="updated_at of the last item of the previous page"
+    )
     async def list_(request: Request) -> HTTPResponse:
         limit = _limit(request)
         before_raw = request.args.get("before")
@@ -81,14 +83,18 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
                 before = datetime.fromisoformat(before_raw.replace("Z", "+00:00"))
             except ValueError:
                 raise ValidationFailed("before must be an RFC 3339 time") from None
-        items = await context.service.store.list_conversations(request.ctx.user, limit=limit, before=before)
+        items = await context.service.store.list_conversations(
+            request.ctx.user, limit=limit, before=before
+        )
         next_before = items[-1].to_wire()["updated_at"] if len(items) == limit else None
         return json({"items": [c.to_wire() for c in items], "next_before": next_before})
 
     @bp.get("/<conversation_id:uuid>")
     @openapi.summary("Get a conversation")
     async def get(request: Request, conversation_id: Any) -> HTTPResponse:
-        conversation = await context.service.store.get_conversation(request.ctx.user, str(conversation_id))
+        conversation = await context.service.store.get_conversation(
+            request.ctx.user, str(conversation_id)
+        )
         if conversation is None:
             raise NotFound("no such conversation")
         return json(conversation.to_wire())

@@ -45,8 +45,10 @@ def operations_blueprint(
         ready = all(v == "ok" for v in checks.values()) and service.accepting
         if not service.accepting:
             checks["server"] = "draining"
-        return json({"status": "ok" if ready else "unavailable", "checks": checks},
-                    status=200 if ready else 503)
+        return json(
+            {"status": "ok" if ready else "unavailable", "checks": checks},
+            status=200 if ready else 503,
+        )
 
     @bp.get("/metrics")
     @openapi.exclude()

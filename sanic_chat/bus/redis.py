@@ -48,7 +48,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sanic_chat.core.errors import Unavailable
 from sanic_chat.core.events import (
@@ -88,6 +89,7 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 """
 
 _MIN_BACKOFF_S = 0.05
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 # One XRANGE, returned as ONE JSON array of the entries' payloads: parsing 8,000 stream
 # entries as RESP in Python costs ~60 ms, one orjson.loads of the array ~3 ms.
@@ -117,6 +119,137 @@ def _default_node_id() -> str:
 def _client_name(*parts: str) -> str:
     # CLIENT SETNAME refuses spaces and newlines
     return re.sub(r"\s+", "_", ":".join(parts))
+
+
+def _pack(*args: bytes | str) -> bytes:
+    """One command in RESP. The hot path packs its own: redis-py's generic packing costs
+    more than everything else a publish does in Python."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _settle(
+    future: asyncio.Future[Any], reply: Any = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(reply)
+    else:
+        future.set_exception(error)
+
+
+class _Pipeline:
+    """The commands of concurrent callers, sent in batches over one connection.
+
+    Whatever is queued while a batch is in flight goes out as the next batch: one write and
+    one read pass for all of them instead of a round trip each. Commands are sent in call
+    order, so a caller that awaits each call (one task publishing one reply) keeps its
+    order. When the connection fails (a stale one after a Redis restart) or the server lost
+    its scripts (SCRIPT FLUSH), what is unanswered is sent once more on a new connection:
+    a command may then run twice, which consumers of the bus absorb by offset.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[AbstractConnection]]) -> None:
+        self._connect = connect
+        self._conn: AbstractConnection | None = None
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def call(self, command: bytes) -> Any:
+        """Send one packed command; its reply, or the redis-py / OS error it met."""
+        if self._closed:
+            raise Unavailable("the bus is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="redis-bus-writer")
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _, future in self._queue:
+            _settle(future, error=Unavailable("the bus is closed"))
+        self._queue.clear()
+        await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        _settle(future, error=Unavailable("the bus is closed"))
+                    raise
+                except Exception as exc:  # never leave a caller waiting forever
+                    log.exception("redis bus: writer failed")
+                    await self._drop()  # its replies may be out of step now
+                    for _, future in batch:
+                        _settle(future, error=exc)
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        again = True
+        while batch:
+            unscripted: list[tuple[bytes, asyncio.Future[Any]]] = []
+            try:
+                if self._conn is None or not self._conn.is_connected:
+                    self._conn = await self._connect()
+                conn = self._conn
+                await conn.send_packed_command(
+                    [b"".join(command for command, _ in batch)], check_health=False
+                )
+                for item in batch:
+                    try:
+                        reply = await conn.read_response()
+                    except NoScriptError:
+                        unscripted.append(item)
+                    except ResponseError as exc:
+                        _settle(item[1], error=exc)
+                    else:
+                        _settle(item[1], reply)
+            except (TimeoutError, RedisTimeoutError) as exc:  # stuck, not gone: no retry
+                await self._drop()
+                for _, future in batch:
+                    _settle(future, error=exc)
+                return
+            except (RedisConnectionError, OSError) as exc:
+                await self._drop()
+                batch = [item for item in batch if not item[1].done()]
+                if not again:
+                    for _, future in batch:
+                        _settle(future, error=exc)
+                    return
+                again = False
+                continue
+            if not unscripted:
+                return
+            await self._drop()  # a new connection loads the scripts
+            if not again:
+                for _, future in unscripted:
+                    _settle(future, error=NoScriptError("the publish script is missing"))
+                return
+            again = False
+            batch = unscripted
 
 
 class RedisBus:
@@ -152,7 +285,9 @@ class RedisBus:
         self.connect_timeout_s = connect_timeout_s
         self.health_check_s = health_check_s
         self.max_backoff_s = max_backoff_s
+        self.command_timeout_s = command_timeout_s
         self.subscriber_client_name = _client_name(prefix, self.node_id, "sub")
+        self.publisher_client_name = _client_name(prefix, self.node_id, "pub")
 
         self._pool: ConnectionPool = ConnectionPool.from_url(
             url,
@@ -173,6 +308,7 @@ class RedisBus:
             if self._pool.connection_kwargs.get(name, value) != value:
                 raise ValueError(f"the Redis bus needs {name}={value}; drop it from the URL")
         self._redis = Redis(connection_pool=self._pool)
+        self._pipeline = _Pipeline(self._connect_publisher)
 
         self._conv_prefix = f"{prefix}:conv:"
         self._gen_prefix = f"{prefix}:gen:"
@@ -212,6 +348,7 @@ class RedisBus:
     async def close(self) -> None:
         self._closed = True
         await self._stop_reader()
+        await self._pipeline.close()
         self._listeners.clear()
         self._cancel_listeners.clear()
         await self._redis.aclose()
@@ -221,7 +358,7 @@ class RedisBus:
         """Raise :class:`Unavailable` unless Redis answers and (once started) the pub/sub
         connection is up."""
         try:
-            await self._redis.execute_command("PING")
+            await self._pipeline.call(_PING)
         except _DOWN as exc:
             raise Unavailable() from exc
         if self._supervisor is not None and not self._connected.is_set():
@@ -233,19 +370,24 @@ class RedisBus:
         payload = encode_event(event)
         channel = self._conv_prefix + conversation_id
         if isinstance(event, GenerationDelta):
-            mode = b"d"
+            command = self._pack_publish(event.generation_id, channel, payload, b"d")
         elif isinstance(event, GenerationStarted):
-            mode = b"o"
+            command = self._pack_publish(event.generation_id, channel, payload, b"o")
         elif isinstance(event, TERMINAL_TYPES):
-            mode = b"c"
+            command = self._pack_publish(event.generation_id, channel, payload, b"c")
         else:
-            try:
-                await self._redis.execute_command("PUBLISH", channel, payload)
-            except _DOWN as exc:
-                raise Unavailable() from exc
-            return
-        key = self._gen_prefix + event.generation_id
-        args = (
+            command = _pack(b"PUBLISH", channel, payload)
+        try:
+            await self._pipeline.call(command)
+        except _DOWN as exc:
+            raise Unavailable() from exc
+
+    def _pack_publish(self, generation_id: str, channel: str, payload: bytes, mode: bytes) -> bytes:
+        return _pack(
+            b"EVALSHA",
+            _PUBLISH_SHA,
+            b"1",
+            self._gen_prefix + generation_id,
             channel,
             payload,
             mode,
@@ -253,25 +395,44 @@ class RedisBus:
             self._refresh_below_ms,
             self._close_ms,
         )
-        try:
-            await self._run_script(_PUBLISH_SCRIPT, _PUBLISH_SHA, key, args)
-        except _DOWN as exc:
-            raise Unavailable() from exc
-
-    async def _run_script(
-        self, script: bytes, sha: str, key: str, args: tuple[Any, ...] = ()
-    ) -> Any:
-        try:
-            return await self._redis.execute_command("EVALSHA", sha, 1, key, *args)
-        except NoScriptError:  # first use on this server, or it restarted: load, run again
-            await self._redis.script_load(script)
-            return await self._redis.execute_command("EVALSHA", sha, 1, key, *args)
 
     async def request_cancel(self, generation_id: str) -> None:
         try:
-            await self._redis.execute_command("PUBLISH", self._cancel_channel, generation_id)
+            await self._pipeline.call(_pack(b"PUBLISH", self._cancel_channel, generation_id))
         except _DOWN as exc:
             raise Unavailable() from exc
+
+    async def _connect_publisher(self) -> AbstractConnection:
+        conn = self._new_connection(self.publisher_client_name, self.command_timeout_s)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await conn.connect()
+                await conn.send_packed_command(
+                    _pack(b"SCRIPT", b"LOAD", _PUBLISH_SCRIPT), check_health=False
+                )
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    def _new_connection(self, name: str, socket_timeout: float | None) -> AbstractConnection:
+        """A connection of our own, outside the pool, that never retries behind our back."""
+        kwargs = {
+            **self._pool.connection_kwargs,
+            "client_name": name,
+            "socket_timeout": socket_timeout,
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        return self._pool.connection_class(**kwargs)
+
+    async def _run_script(self, script: bytes, sha: str, key: str) -> Any:
+        try:
+            return await self._redis.execute_command("EVALSHA", sha, 1, key)
+        except NoScriptError:  # first use on this server, or it restarted: load, run again
+            await self._redis.script_load(script)
+            return await self._redis.execute_command("EVALSHA", sha, 1, key)
 
     # ------------------------------------------------------------------ tails
 
@@ -446,16 +607,8 @@ class RedisBus:
         delay = _MIN_BACKOFF_S
         failures = 0
         while True:
-            conn = self._pool.connection_class(
-                **{
-                    **self._pool.connection_kwargs,
-                    "client_name": self.subscriber_client_name,
-                    # blocking reads wait for messages indefinitely; liveness is the PINGs'
-                    "socket_timeout": None,
-                    "socket_keepalive": True,
-                    "retry": Retry(NoBackoff(), 0),
-                }
-            )
+            # blocking reads wait for messages indefinitely; liveness is the PINGs'
+            conn = self._new_connection(self.subscriber_client_name, None)
             reader: asyncio.Task[None] | None = None
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
@@ -515,7 +668,7 @@ class RedisBus:
 
     def _dispatch(self, channel: bytes, payload: bytes) -> None:
         if channel == self._cancel_channel:
-            generation_id = payload.decode()
+            generation_id = payload.decode(errors="replace")
             for cancel_listener in tuple(self._cancel_listeners):
                 try:
                     cancel_listener(generation_id)

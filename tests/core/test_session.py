@@ -338,9 +338,7 @@ async def test_subscribers_of_a_conversation_see_the_reply_and_stop_from_either_
     )
     provider.feed("shared ")
     await asyncio.sleep(0.01)
-    await other_tab.receive(
-        frame(type="generation.cancel", generation_id=accepted.generation_id)
-    )
+    await other_tab.receive(frame(type="generation.cancel", generation_id=accepted.generation_id))
     sender_events = await events_until_terminal(sender)
     assert isinstance(sender_events[-1], GenerationCancelled)
     tab_events = await events_until_terminal(other_tab)

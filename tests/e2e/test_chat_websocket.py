@@ -20,7 +20,9 @@ TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     directory = tmp_path_factory.mktemp("models")
     env = {
         **database_env(request.param),
@@ -97,7 +99,10 @@ async def test_a_message_streams_a_reply_that_is_stored_complete(server: Running
         assert text and completed["message"]["content"] == text
         assert first_delta_ms is not None
     rows = stored_messages(server, accepted["conversation_id"])
-    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")]
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
     assert rows[1]["content"] == text
 
 
@@ -190,7 +195,10 @@ async def test_one_reply_at_a_time_per_conversation(server: RunningServer) -> No
         ('{"type": "warp.drive"}', "unknown_type"),
         ('{"type": "message.create", "client_id": "x", "content": "hi"}', "validation_error"),
         (json.dumps(create("")), "validation_error"),
-        (json.dumps({"type": "generation.cancel", "generation_id": str(uuid.uuid4())}), "not_found"),
+        (
+            json.dumps({"type": "generation.cancel", "generation_id": str(uuid.uuid4())}),
+            "not_found",
+        ),
         (json.dumps(create("hi", conversation_id=str(uuid.uuid4()))), "not_found"),
         (json.dumps(create("hi", model="no-such-model")), "validation_error"),
     ],
