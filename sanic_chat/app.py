@@ -17,7 +17,6 @@ from sanic_ext import Extend
 from .api.conversations import conversations_blueprint
 from .api.errors import install_error_handlers
 from .api.operations import operations_blueprint
-from .auth import build_authenticator
 from .bus.memory import MemoryBus
 from .config import Settings
 from .core.ports import Bus, MessageStore
@@ -25,6 +24,7 @@ from .core.service import ChatService, ServiceHooks
 from .core.settings import CoreSettings
 from .metrics import Metrics
 from .providers.catalog import ModelCatalog, load_catalog
+from .security import Security
 from .transports.base import TransportContext
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def open_bus_for(settings: Settings) -> Bus:
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
     settings = settings or Settings.from_env()
     app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
+    # auth, tickets, origins, rate and connection limits (docs/security.md)
+    security = Security(settings)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes
     app.config.WEBSOCKET_PING_INTERVAL = 20
@@ -68,13 +70,13 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.config.OAS_URL_PREFIX = "/docs"
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_UI_REDOC = False
-    app.config.CORS = False
+    security.configure_cors(app.config)  # before Extend: it reads the CORS settings
     Extend(app)
     app.ctx.settings = settings
     metrics = Metrics()
     app.ctx.metrics = metrics
     node_id = settings.node_id or uuid.uuid4().hex
-    authenticate = build_authenticator(settings)
+    authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
     catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
     app.ctx.catalog = catalog
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         idle_timeout_s=settings.idle_timeout_s,
     )
     app.ctx.transport_context = context
+    security.install(app, context)  # the frame gate, connection hooks, POST /api/v1/tickets
     install_error_handlers(app)
     for transport in settings.transports:
         module = importlib.import_module(f"sanic_chat.transports.{transport}")
@@ -115,8 +118,15 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 system_prompt=settings.system_prompt,
                 lease_s=settings.lease_s,
                 max_content_chars=settings.max_content_chars,
+                outbox_max_chars=settings.outbox_max_chars,
+                outbox_max_frames=settings.outbox_max_frames,
             ),
             hooks=hooks,
+            # the embedded default (SQLite + in-memory bus) is one process by
+            # construction: it may end every reply left streaming at start-up
+            sole_process=settings.database_url.startswith("sqlite")
+            and settings.bus_url.startswith("memory://"),
+            max_running_replies_per_user=settings.max_running_replies_per_user,
         )
         await service.start()
         app.ctx.service = service
@@ -143,7 +153,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         path = request.path
         if path == "/" or path.startswith(_PUBLIC_PREFIXES):
             return
-        request.ctx.user = await authenticate(request)
+        await security.identify(request)  # origin/host, user, connection slot
 
     @app.get("/")
     async def index(request: Request) -> HTTPResponse:

@@ -1,23 +1,137 @@
-"""Who is asking: ``none`` (everyone is the single user ``local``) or ``jwt``
-(``Authorization: Bearer <jwt>``; ``sub`` is the user id)."""
+"""Who is asking.
+
+``SANIC_CHAT_AUTH=none``: everyone is the single user ``local``.
+
+``SANIC_CHAT_AUTH=jwt``: ``Authorization: Bearer <jwt>``, whose ``sub`` is the
+user id. The algorithm is pinned by the configuration -- HS256 with
+``SANIC_CHAT_JWT_SECRET``, or RS256 with the public key at
+``SANIC_CHAT_JWT_PUBLIC_KEY`` -- so a token saying ``alg: none``, or an HS256
+token "signed" with the RS256 public key as its secret, is refused. ``exp`` and
+``sub`` are required; ``nbf`` and ``iat`` are checked when present; ``aud`` and
+``iss`` when configured (a token carrying ``aud`` needs
+``SANIC_CHAT_JWT_AUDIENCE``).
+
+Browsers cannot set headers on a WebSocket or an EventSource: there a one-time
+``?ticket=`` (see :mod:`.security.tickets`) stands in for the header, on
+``GET /ws`` and the SSE ``GET .../events`` endpoints only.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .core.errors import Unauthorized
 from .transports.base import Authenticate
 
-__all__ = ["LOCAL_USER", "build_authenticator"]
+if TYPE_CHECKING:
+    from .security.tickets import TicketStore
+
+__all__ = ["LOCAL_USER", "TokenVerifier", "accepts_ticket", "build_authenticator"]
 
 LOCAL_USER = "local"
 
+#: clock skew tolerated on exp / nbf / iat
+LEEWAY_S = 5
 
-def build_authenticator(settings: Settings) -> Authenticate:
+_TICKET_PATHS = re.compile(r"/ws|/api/v1/(?:conversations|generations)/[^/]+/events")
+#: a user id: printable, no control characters (it is stored and used in keys)
+_BAD_SUB = re.compile(r"[\x00-\x1f\x7f]")
+
+_REASONS: dict[type[Exception], str] = {
+    jwt.ExpiredSignatureError: "the token has expired",
+    jwt.ImmatureSignatureError: "the token is not valid yet",
+    jwt.InvalidAudienceError: "the token is for another audience",
+    jwt.InvalidIssuerError: "the token is from another issuer",
+    jwt.InvalidAlgorithmError: "the token's algorithm is not accepted",
+    jwt.InvalidSignatureError: "the token's signature does not verify",
+}
+
+
+class TokenVerifier:
+    """Checks a JWT against the configured key and returns its ``sub``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.key: Any
+        if settings.jwt_public_key_path:
+            self.key = load_rsa_public_key(settings.jwt_public_key_path)
+            self.algorithms = ["RS256"]
+        elif settings.jwt_secret:
+            self.key, self.algorithms = settings.jwt_secret, ["HS256"]
+        else:
+            raise ConfigError(
+                "SANIC_CHAT_AUTH=jwt needs SANIC_CHAT_JWT_SECRET or SANIC_CHAT_JWT_PUBLIC_KEY"
+            )
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+
+    def verify(self, token: str) -> str:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=self.algorithms,  # pinned: no alg=none, no algorithm confusion
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"the token has no {exc.claim} claim") from None
+        except jwt.PyJWTError as exc:
+            reason = next(
+                (text for kind, text in _REASONS.items() if isinstance(exc, kind)),
+                "the token is not a valid JWT",
+            )
+            raise Unauthorized(reason) from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 200 or _BAD_SUB.search(sub):
+            raise Unauthorized("the token's sub must be a user id")
+        return sub
+
+
+def load_rsa_public_key(path: str) -> Any:
+    """The RSA public key (or certificate's key) in PEM at ``path``; a private
+    key, another key type or garbage fail at start-up, not per request."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from cryptography.x509 import load_pem_x509_certificate
+
+    variable = "SANIC_CHAT_JWT_PUBLIC_KEY"
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path!r}: cannot read it ({exc.strerror})") from None
+    try:
+        if b"BEGIN CERTIFICATE" in data:
+            key: Any = load_pem_x509_certificate(data).public_key()
+        else:
+            key = load_pem_public_key(data)
+    except ValueError:
+        raise ConfigError(
+            f"{variable}={path!r} is not a PEM public key (BEGIN PUBLIC KEY) or certificate"
+        ) from None
+    if not isinstance(key, RSAPublicKey):
+        raise ConfigError(f"{variable}={path!r}: RS256 needs an RSA public key")
+    return key
+
+
+def accepts_ticket(request: Any) -> bool:
+    """Whether this request may authenticate with ``?ticket=``: the WebSocket
+    upgrade and the SSE streams, which browsers cannot give headers."""
+    return request.method == "GET" and _TICKET_PATHS.fullmatch(request.path) is not None
+
+
+def build_authenticator(settings: Settings, tickets: TicketStore | None = None) -> Authenticate:
+    """Resolve a request's user, or raise :class:`Unauthorized`.
+
+    ``tickets`` (a :class:`~sanic_chat.security.tickets.TicketStore`) redeems
+    ``?ticket=``; without one only the header is accepted.
+    """
     if settings.auth == "none":
 
         async def local(request: Any) -> str:
@@ -25,35 +139,24 @@ def build_authenticator(settings: Settings) -> Authenticate:
 
         return local
 
-    if settings.jwt_public_key_path:
-        key: str = Path(settings.jwt_public_key_path).expanduser().read_text()
-        algorithms = ["RS256"]
-    else:
-        assert settings.jwt_secret is not None
-        key, algorithms = settings.jwt_secret, ["HS256"]
-
-    def verify(token: str) -> str:
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=algorithms,  # pinned: no alg=none, no algorithm confusion
-                audience=settings.jwt_audience,
-                issuer=settings.jwt_issuer,
-                options={"require": ["sub", "exp"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 200:
-            raise Unauthorized("the token's sub must be a user id")
-        return sub
+    verifier = TokenVerifier(settings)
 
     async def bearer(request: Any) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("send Authorization: Bearer <jwt>")
-        return verify(token.strip())
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("send Authorization: Bearer <jwt>")
+            return verifier.verify(token.strip())
+        ticket = request.args.get("ticket")
+        if ticket and tickets is not None and accepts_ticket(request):
+            user = await tickets.redeem(ticket)
+            if user is None:
+                raise Unauthorized("the ticket is unknown, used or expired: get a new one")
+            return user
+        raise Unauthorized(
+            "send Authorization: Bearer <jwt> (browsers: a ticket from POST /api/v1/tickets "
+            "as ?ticket= on /ws and the SSE endpoints)"
+        )
 
     return bearer

@@ -62,7 +62,8 @@ class Settings:
     bus_url: str = "memory://"
     models_path: str | None = None
     auth: str = "none"
-    jwt_secret: str | None = None
+    #: never in a repr: settings may be logged
+    jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_path: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
@@ -76,11 +77,16 @@ class Settings:
     heartbeat_s: float = 15.0
     history_max_chars: int = 24_000
     max_content_chars: int = 32_000
+    #: per-connection outbound queue bounds; past them a consumer is dropped (resumable)
+    outbox_max_chars: int = 2_000_000
+    outbox_max_frames: int = 10_000
     max_frame_bytes: int = 256 * 1024
     max_body_bytes: int = 1024 * 1024
     max_connections_per_user: int = 20
     max_running_replies_per_user: int = 4
     idle_timeout_s: float = 300.0
+    #: lifetime of a one-time ticket from POST /api/v1/tickets
+    ticket_ttl_s: float = 60.0
     system_prompt: str | None = None
     log_format: str = "text"
     log_content: bool = False
@@ -153,9 +159,26 @@ class Settings:
             )
         if jwt_public_key is not None and not Path(jwt_public_key).expanduser().is_file():
             raise ConfigError(f"SANIC_CHAT_JWT_PUBLIC_KEY={jwt_public_key!r}: no such file")
+        if auth == "jwt" and jwt_secret and not jwt_public_key and len(jwt_secret.encode()) < 32:
+            # an HS256 token is an offline guessing oracle for a short secret
+            raise ConfigError(
+                f"SANIC_CHAT_JWT_SECRET is {len(jwt_secret.encode())} bytes: use at least 32 "
+                "random bytes, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         origins = tuple(
             o.strip().rstrip("/") for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip()
         )
+        if "*" in origins and auth == "none":
+            raise ConfigError(
+                "SANIC_CHAT_ALLOWED_ORIGINS=* with SANIC_CHAT_AUTH=none would let any web page "
+                "read and write every conversation: list the origins, or use SANIC_CHAT_AUTH=jwt"
+            )
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"(?i)(https?|wss?)://[^/?#@\s]+", origin):
+                raise ConfigError(
+                    f"SANIC_CHAT_ALLOWED_ORIGINS: {origin!r} is not an origin; write "
+                    "scheme://host[:port] (e.g. https://chat.example.com), comma-separated"
+                )
         rate_raw = get("RATE_LIMIT")
         if rate_raw is None:
             rate_limit = RateLimit(60, 60.0) if auth == "jwt" else None
@@ -194,11 +217,14 @@ class Settings:
             heartbeat_s=number("HEARTBEAT_S", 15.0, minimum=0.1),
             history_max_chars=integer("HISTORY_MAX_CHARS", 24_000),
             max_content_chars=integer("MAX_CONTENT_CHARS", 32_000),
+            outbox_max_chars=integer("OUTBOX_MAX_CHARS", 2_000_000, minimum=1_000),
+            outbox_max_frames=integer("OUTBOX_MAX_FRAMES", 10_000, minimum=10),
             max_frame_bytes=integer("MAX_FRAME_BYTES", 256 * 1024, minimum=1024),
             max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             max_connections_per_user=integer("MAX_CONNECTIONS_PER_USER", 20),
             max_running_replies_per_user=integer("MAX_RUNNING_REPLIES_PER_USER", 4),
             idle_timeout_s=number("IDLE_TIMEOUT_S", 300.0, minimum=1.0),
+            ticket_ttl_s=number("TICKET_TTL_S", 60.0, minimum=1.0),
             system_prompt=get("SYSTEM_PROMPT"),
             log_format=log_format,
             log_content=(get("LOG_CONTENT", "0") or "0") in ("1", "true", "yes"),

@@ -30,13 +30,22 @@ class _LiveTail:
     """Text is kept as parts and joined on demand: appending to one str per
     delta would copy the whole reply on every token."""
 
-    __slots__ = ("conversation_id", "parts", "started", "terminal")
+    __slots__ = ("conversation_id", "length", "parts", "started", "terminal")
 
     def __init__(self, conversation_id: str, started: GenerationStarted) -> None:
         self.conversation_id = conversation_id
         self.started = started
         self.parts: list[str] = []
+        self.length = 0  # code points in parts
         self.terminal: TerminalEvent | None = None
+
+    def extend(self, delta: GenerationDelta) -> None:
+        """Join by offset, as the Redis bus does: a repeated or overlapping delta adds only
+        what is new; one that starts beyond the text so far (a gap) is not appended."""
+        if delta.offset > self.length or delta.end_offset <= self.length:
+            return
+        self.parts.append(delta.text[self.length - delta.offset :])
+        self.length = delta.end_offset
 
     def snapshot(self) -> Tail:
         text = "".join(self.parts)
@@ -69,7 +78,7 @@ class MemoryBus:
         if isinstance(event, GenerationDelta):
             tail = self._tails.get(event.generation_id)
             if tail is not None:
-                tail.parts.append(event.text)
+                tail.extend(event)
         elif isinstance(event, GenerationStarted):
             self._tails[event.generation_id] = _LiveTail(conversation_id, event)
         elif isinstance(event, TERMINAL_TYPES):
@@ -88,6 +97,7 @@ class MemoryBus:
                     ),
                 )
                 tail.parts.append(event.message.content)
+                tail.length = len(event.message.content)
             tail.terminal = event
             asyncio.get_running_loop().call_later(
                 self.tail_ttl_s, self._tails.pop, event.generation_id, None
@@ -124,7 +134,10 @@ class MemoryBus:
 
     async def request_cancel(self, generation_id: str) -> None:
         for listener in tuple(self._cancel_listeners):
-            listener(generation_id)
+            try:
+                listener(generation_id)
+            except Exception:  # as on Redis: a broken handler hurts neither others nor caller
+                log.exception("cancel listener failed")
 
     async def on_cancel(self, listener: CancelListener) -> None:
         self._cancel_listeners.append(listener)

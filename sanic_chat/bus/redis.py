@@ -19,9 +19,12 @@ Invariants:
 * One pub/sub connection per bus (per process) carries every conversation this process
   listens to; one reader task dispatches to the local listeners, in the order Redis
   delivers, which is publish order.
-* When that connection drops, the reader reconnects with backoff and subscribes again.
-  Events published during the outage are lost *for fan-out*; the tails in the streams are
-  intact, so a follower that resumes by offset loses nothing.
+* When that connection drops (or stops answering PINGs), the reader reconnects with
+  backoff and subscribes again. Events published during the outage are lost *for
+  fan-out*; the tails in the streams are intact, so a follower that resumes by offset
+  loses nothing.
+* Publishing is on the hot path (one event per token): events are packed here, once,
+  and the publishes of concurrent replies share one connection, sent in batches.
 
 Pub/sub channels are global to the Redis server (not scoped by database number): two
 deployments sharing one server must use different prefixes.
@@ -121,14 +124,16 @@ def _client_name(*parts: str) -> str:
     return re.sub(r"\s+", "_", ":".join(parts))
 
 
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def _pack(*args: bytes | str) -> bytes:
     """One command in RESP. The hot path packs its own: redis-py's generic packing costs
     more than everything else a publish does in Python."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"*%d\r\n" % len(args) + b"".join(
+        _bulk(arg.encode() if isinstance(arg, str) else arg) for arg in args
+    )
 
 
 def _settle(
@@ -153,8 +158,11 @@ class _Pipeline:
     a command may then run twice, which consumers of the bus absorb by offset.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[AbstractConnection]]) -> None:
+    def __init__(
+        self, connect: Callable[[], Awaitable[AbstractConnection]], timeout_s: float
+    ) -> None:
         self._connect = connect
+        self._timeout_s = timeout_s  # for one batch: connect, send, read every reply
         self._conn: AbstractConnection | None = None
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
@@ -212,21 +220,22 @@ class _Pipeline:
         while batch:
             unscripted: list[tuple[bytes, asyncio.Future[Any]]] = []
             try:
-                if self._conn is None or not self._conn.is_connected:
-                    self._conn = await self._connect()
-                conn = self._conn
-                await conn.send_packed_command(
-                    [b"".join(command for command, _ in batch)], check_health=False
-                )
-                for item in batch:
-                    try:
-                        reply = await conn.read_response()
-                    except NoScriptError:
-                        unscripted.append(item)
-                    except ResponseError as exc:
-                        _settle(item[1], error=exc)
-                    else:
-                        _settle(item[1], reply)
+                async with asyncio.timeout(self._timeout_s):
+                    if self._conn is None or not self._conn.is_connected:
+                        self._conn = await self._connect()
+                    conn = self._conn
+                    await conn.send_packed_command(
+                        [b"".join(command for command, _ in batch)], check_health=False
+                    )
+                    for item in batch:
+                        try:
+                            reply = await conn.read_response()
+                        except NoScriptError:
+                            unscripted.append(item)
+                        except ResponseError as exc:
+                            _settle(item[1], error=exc)
+                        else:
+                            _settle(item[1], reply)
             except (TimeoutError, RedisTimeoutError) as exc:  # stuck, not gone: no retry
                 await self._drop()
                 for _, future in batch:
@@ -256,10 +265,16 @@ class RedisBus:
     """A :class:`~sanic_chat.core.ports.Bus` over one Redis server.
 
     ``url`` is ``redis://[user:pass@]host:port/db`` or ``rediss://...``; its query string may
-    set redis-py connection options (``socket_timeout``, ``max_connections``...).
+    set redis-py connection options (``socket_connect_timeout``, ``max_connections``...).
+    ``prefix`` namespaces every key and channel (tests use one per run). ``node_id`` names
+    this process's connections in ``CLIENT LIST`` (``{prefix}:{node_id}:pub`` / ``:sub``).
     ``connect_timeout_s`` bounds connecting and waiting for a SUBSCRIBE confirmation;
-    ``health_check_s`` is how often the pub/sub connection is PINGed (and how long a PONG
-    may take before the connection is considered dead and replaced).
+    ``command_timeout_s`` bounds one batch of publishes; ``health_check_s`` is how often
+    the pub/sub connection is PINGed (and how long a PONG may take before the connection
+    is considered dead and replaced); ``safety_ttl_s`` is the expiry of a tail that has
+    not ended (raised to at least ``4 * tail_ttl_s``).
+
+    Every failure to reach Redis surfaces as :class:`Unavailable`.
     """
 
     def __init__(
@@ -308,7 +323,7 @@ class RedisBus:
             if self._pool.connection_kwargs.get(name, value) != value:
                 raise ValueError(f"the Redis bus needs {name}={value}; drop it from the URL")
         self._redis = Redis(connection_pool=self._pool)
-        self._pipeline = _Pipeline(self._connect_publisher)
+        self._pipeline = _Pipeline(self._connect_publisher, command_timeout_s)
 
         self._conv_prefix = f"{prefix}:conv:"
         self._gen_prefix = f"{prefix}:gen:"
@@ -316,6 +331,15 @@ class RedisBus:
         self._safety_ms = str(int(self.safety_ttl_s * 1000)).encode()
         self._refresh_below_ms = str(int(self.safety_ttl_s * 500)).encode()
         self._close_ms = str(int(tail_ttl_s * 1000)).encode()
+        self._evalsha_head = (
+            b"*10\r\n" + _bulk(b"EVALSHA") + _bulk(_PUBLISH_SHA.encode()) + _bulk(b"1")
+        )
+        self._evalsha_tails = {
+            mode: b"".join(
+                map(_bulk, (mode, self._safety_ms, self._refresh_below_ms, self._close_ms))
+            )
+            for mode in (b"o", b"d", b"c")
+        }
 
         # channel (bytes) -> local listeners, in subscription order
         self._listeners: dict[bytes, list[EventListener]] = {}
@@ -383,17 +407,16 @@ class RedisBus:
             raise Unavailable() from exc
 
     def _pack_publish(self, generation_id: str, channel: str, payload: bytes, mode: bytes) -> bytes:
-        return _pack(
-            b"EVALSHA",
-            _PUBLISH_SHA,
-            b"1",
-            self._gen_prefix + generation_id,
-            channel,
-            payload,
-            mode,
-            self._safety_ms,
-            self._refresh_below_ms,
-            self._close_ms,
+        # EVALSHA sha 1 key channel payload mode safety refresh-below close: only the key,
+        # the channel and the payload change from one event to the next
+        return b"".join(
+            (
+                self._evalsha_head,
+                _bulk((self._gen_prefix + generation_id).encode()),
+                _bulk(channel.encode()),
+                _bulk(payload),
+                self._evalsha_tails[mode],
+            )
         )
 
     async def request_cancel(self, generation_id: str) -> None:
@@ -403,7 +426,8 @@ class RedisBus:
             raise Unavailable() from exc
 
     async def _connect_publisher(self) -> AbstractConnection:
-        conn = self._new_connection(self.publisher_client_name, self.command_timeout_s)
+        # no per-read timeout: the pipeline times each batch as a whole
+        conn = self._new_connection(self.publisher_client_name, None)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 await conn.connect()

@@ -9,7 +9,9 @@ Invariants, per generation, for everything that leaves through one outbox:
 * consecutive deltas of one generation still waiting in the queue are merged
   into one frame, so a consumer that reads slowly receives fewer, larger
   frames instead of an ever-growing queue;
-* ``generation.started`` and the terminal event are delivered at most once.
+* ``generation.started`` and the terminal event are delivered at most once,
+  except after :meth:`Outbox.rewind` (an explicit resume), which delivers the
+  generation again from the client's offset, started and terminal included.
 
 The queue is bounded by the text it holds (``max_pending_chars``) and the
 number of frames (``max_pending_frames``); past either the outbox overflows:
@@ -24,6 +26,7 @@ import logging
 from collections import deque
 
 from .events import (
+    GENERATION_TYPES,
     TERMINAL_TYPES,
     GenerationDelta,
     GenerationStarted,
@@ -79,10 +82,25 @@ class Outbox:
 
     # ------------------------------------------------------------------ producers
 
-    def expect(self, generation_id: str, offset: int) -> None:
-        """The client already has ``offset`` code points of this generation."""
-        current = self._delivered_upto.get(generation_id, 0)
-        self._delivered_upto[generation_id] = max(current, offset)
+    def rewind(self, generation_id: str, offset: int) -> None:
+        """The client has exactly ``offset`` code points of this generation and
+        asked for the rest (a resume): whatever of it is still queued is dropped
+        and its text, ``generation.started`` and terminal event will be
+        delivered again from ``offset``. A resume may go back on purpose: a tab
+        that joined mid-reply asks for the beginning."""
+        queue = self._queue
+        if any(isinstance(e, GENERATION_TYPES) and e.generation_id == generation_id for e in queue):
+            kept: deque[ServerEvent] = deque()
+            for event in queue:
+                if isinstance(event, GENERATION_TYPES) and event.generation_id == generation_id:
+                    if isinstance(event, GenerationDelta):
+                        self._pending_chars -= len(event.text)
+                    continue
+                kept.append(event)
+            self._queue = kept
+        self._delivered_upto[generation_id] = offset
+        self._started.discard(generation_id)
+        self._finished.discard(generation_id)
 
     def push(self, event: ServerEvent) -> None:
         """Queue ``event`` (never blocks; this is a bus listener)."""

@@ -12,28 +12,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from .errors import NotFound, Unavailable, ValidationFailed
+from .errors import NotFound, RateLimited, Unavailable, ValidationFailed
 from .events import (
+    GENERATION_TYPES,
     TERMINAL_TYPES,
     GenerationDelta,
     GenerationEvent,
+    GenerationStarted,
     MessageAccepted,
     MessageCreate,
     ServerEvent,
 )
 from .generation import Generation, terminal_event_for
 from .outbox import Outbox
-from .ports import Bus, CompletionRequest, MessageStore, Models, Posted, Turn
+from .ports import Bus, CompletionRequest, MessageStore, Models, Posted, Provider, Turn
 from .records import Message, utcnow
 from .settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ChatService", "ServiceHooks"]
+
+#: added to "now" so that every lease counts as lapsed (start-up of a sole process)
+_EVERY_LEASE_LAPSED = timedelta(days=36_500)
 
 
 @dataclass(slots=True)
@@ -57,6 +62,8 @@ class ChatService:
         node_id: str,
         settings: CoreSettings | None = None,
         hooks: ServiceHooks | None = None,
+        sole_process: bool = False,
+        max_running_replies_per_user: int | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -64,6 +71,14 @@ class ChatService:
         self.node_id = node_id
         self.settings = settings or CoreSettings()
         self.hooks = hooks or ServiceHooks()
+        #: True when no other process can be running replies on this store
+        #: (the embedded default: SQLite and the in-memory bus). Then every
+        #: ``streaming`` row found at start-up is an orphan of a dead process.
+        self.sole_process = sole_process
+        #: replies one user may have running in this process at once (None: no limit)
+        self.max_running_replies_per_user = max_running_replies_per_user
+        self._owner_of: dict[str, str] = {}  # running generation id -> owner
+        self._replies_of: dict[str, int] = {}  # owner -> running + being posted
         #: generations running in this process, by id
         self.running: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[object]] = set()
@@ -74,14 +89,32 @@ class ChatService:
 
     async def start(self) -> None:
         await self.bus.on_cancel(self._on_cancel_request)
-        await self.recover_orphans()
+        await self.recover_at_start()
         self._lease_task = asyncio.create_task(self._keep_leases())
 
-    async def recover_orphans(self) -> list[Message]:
-        """Mark replies whose node stopped renewing their lease ``interrupted``
-        and tell anyone following them."""
+    async def recover_at_start(self) -> list[Message]:
+        """End the replies a previous process left ``streaming``, as soon as it
+        is safe to: nothing runs in this process yet, so
+
+        * as the sole process, every ``streaming`` row is an orphan, whoever's
+          lease it still holds (a restart is quicker than the lease);
+        * otherwise rows of this node id (a restart with a stable
+          ``node_id``) are orphans, and others only once their lease lapsed --
+          a live node on the shared bus may still be streaming them.
+        """
+        if self.sole_process:
+            return await self.recover_orphans(now=utcnow() + _EVERY_LEASE_LAPSED)
+        mine = await self.recover_orphans(node_id=self.node_id)
+        return mine + await self.recover_orphans()
+
+    async def recover_orphans(
+        self, *, now: datetime | None = None, node_id: str | None = None
+    ) -> list[Message]:
+        """Mark replies whose node stopped renewing their lease before ``now``
+        (or, with ``node_id``, every reply of that node) ``interrupted``,
+        keeping their checkpointed text, and tell anyone following them."""
         try:
-            orphans = await self.store.interrupt_orphans(now=utcnow())
+            orphans = await self.store.interrupt_orphans(now=now or utcnow(), node_id=node_id)
         except Unavailable:
             return []
         for message in orphans:
@@ -145,6 +178,12 @@ class ChatService:
             raise Unavailable("the server is shutting down; retry with the same client_id")
         model = frame.model or self.models.default
         provider = self.models.get(model)  # ValidationFailed for an unknown model
+        with self._reply_slot(owner, frame.client_id):
+            return await self._post(owner, frame, model, provider)
+
+    async def _post(
+        self, owner: str, frame: MessageCreate, model: str, provider: Provider
+    ) -> tuple[Posted, MessageAccepted]:
         started = time.monotonic()
         posted = await self.store.post_user_message(
             owner,
@@ -184,6 +223,8 @@ class ChatService:
             on_first_chunk=self.hooks.first_chunk,
         )
         self.running[generation.id] = generation
+        self._owner_of[generation.id] = owner
+        self._replies_of[owner] = self._replies_of.get(owner, 0) + 1
         self.spawn(self._run(generation))
         return posted, accepted
 
@@ -199,6 +240,32 @@ class ChatService:
                 self.hooks.provider_error(error.code)
         finally:
             self.running.pop(generation.id, None)
+            owner = self._owner_of.pop(generation.id, None)
+            if owner is not None:
+                self._release_reply(owner)
+
+    @contextlib.contextmanager
+    def _reply_slot(self, owner: str, ref: str) -> Iterator[None]:
+        """Hold one of ``owner``'s running-reply slots while a message is
+        posted (a started reply then holds its own until it ends); raise
+        :class:`RateLimited` when they are all taken."""
+        limit = self.max_running_replies_per_user
+        if limit is not None and self._replies_of.get(owner, 0) >= limit:
+            raise RateLimited(
+                f"at most {limit} replies may run at once: wait for one to end", ref=ref
+            )
+        self._replies_of[owner] = self._replies_of.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            self._release_reply(owner)
+
+    def _release_reply(self, owner: str) -> None:
+        left = self._replies_of.get(owner, 0) - 1
+        if left > 0:
+            self._replies_of[owner] = left
+        else:
+            self._replies_of.pop(owner, None)
 
     # ------------------------------------------------------------------ cancel
 
@@ -235,18 +302,30 @@ class ChatService:
     # ------------------------------------------------------------------ following
 
     async def follow(
-        self, owner: str, generation_id: str, offset: int, outbox: Outbox
+        self,
+        owner: str,
+        generation_id: str,
+        offset: int,
+        outbox: Outbox,
+        *,
+        conversation_id: str | None = None,
     ) -> Callable[[], Awaitable[None]] | None:
-        """Deliver a generation into ``outbox`` from ``offset``: what exists so
-        far as one delta, then live deltas, then its terminal event. Returns an
-        unsubscribe for the live part (None when it was already finished).
+        """Deliver a generation into ``outbox`` from ``offset``:
+        ``generation.started``, what exists so far as one delta, then live
+        deltas, then its terminal event. Returns an unsubscribe for the live
+        part (None when it was already finished). With ``conversation_id``
+        the generation must belong to that conversation.
 
         The live subscription is opened BEFORE the snapshot is read and its
         events are held back until the snapshot is queued, so nothing published
         in between is lost; the outbox drops whatever overlaps by offset.
         """
         message = await self.store.get_message(owner, generation_id)
-        if message is None or message.role != "assistant":
+        if (
+            message is None
+            or message.role != "assistant"
+            or (conversation_id is not None and message.conversation_id != conversation_id)
+        ):
             raise NotFound("no such generation", ref=generation_id)
         if message.is_final:
             self._replay_final(message, offset, outbox)
@@ -258,14 +337,12 @@ class ChatService:
 
         def listener(event: ServerEvent) -> None:
             nonlocal finished
-            if getattr(event, "generation_id", None) != generation_id or isinstance(
-                event, MessageAccepted
-            ):
+            if not isinstance(event, GENERATION_TYPES) or event.generation_id != generation_id:
                 return
             if isinstance(event, TERMINAL_TYPES):
                 finished = True
             if held is not None:
-                held.append(event)  # type: ignore[arg-type]
+                held.append(event)
                 return
             outbox.push(event)
             if finished and unsubscribe is not None:
@@ -275,28 +352,31 @@ class ChatService:
         unsubscribe = await self.bus.subscribe(message.conversation_id, listener)
         try:
             tail = await self.bus.tail(generation_id)
+            terminal: GenerationEvent | None = None
             if tail is None:
-                # no live tail: either it ended and the tail expired (the row is
-                # final now), or its process died (orphan recovery will end it)
+                # no live tail: it ended and the tail expired (the row is final
+                # now), it has not published its start yet, or its process died
+                # (orphan recovery will end it)
                 message = await self.store.get_message(owner, generation_id) or message
                 if message.is_final:
-                    self._replay_final(message, offset, outbox)
                     held = None
                     await unsubscribe()
+                    self._replay_final(message, offset, outbox)
                     return None
-                _check_offset(offset, len(message.content), generation_id)
-                outbox.expect(generation_id, offset)
-                if len(message.content) > offset:
-                    outbox.push(GenerationDelta(generation_id, offset, message.content[offset:]))
+                started, text = _started_for(message), message.content
+                # the client may hold text that was streamed but not yet
+                # checkpointed: it gets the rest live, or the stored end
+                _check_offset(offset, len(text), generation_id, lenient=True)
             else:
-                _check_offset(offset, len(tail.text), generation_id)
-                outbox.expect(generation_id, offset)
-                outbox.push(tail.started)
-                if len(tail.text) > offset:
-                    outbox.push(GenerationDelta(generation_id, offset, tail.text[offset:]))
-                if tail.terminal is not None:
-                    outbox.push(tail.terminal)
-                    finished = True
+                started, text, terminal = tail.started, tail.text, tail.terminal
+                _check_offset(offset, len(text), generation_id)
+            outbox.rewind(generation_id, offset)
+            outbox.push(started)
+            if len(text) > offset:
+                outbox.push(GenerationDelta(generation_id, offset, text[offset:]))
+            if terminal is not None:
+                outbox.push(terminal)
+                finished = True
             for event in held or ():
                 outbox.push(event)
             held = None
@@ -308,17 +388,76 @@ class ChatService:
             return None
         return unsubscribe
 
+    async def follow_conversation(
+        self,
+        owner: str,
+        conversation_id: str,
+        generation_id: str,
+        offset: int,
+        outbox: Outbox,
+    ) -> list[Callable[[], Awaitable[None]]]:
+        """Resume a conversation's event stream where a client lost it: the
+        generation it was reading from ``offset``, then every message posted
+        after that generation (``message.accepted``, and each later reply from
+        its start). Returns the unsubscribes of the replies still running.
+
+        Call it with the conversation subscription already open: whatever is
+        published meanwhile is queued too and deduplicated by the outbox.
+        """
+        unsubscribes: list[Callable[[], Awaitable[None]]] = []
+        first = await self.follow(
+            owner, generation_id, offset, outbox, conversation_id=conversation_id
+        )
+        if first is not None:
+            unsubscribes.append(first)
+        page = await self.store.list_messages(owner, conversation_id, limit=_CATCH_UP_LIMIT)
+        later = page or []
+        ids = [m.id for m in later]
+        if generation_id in ids:
+            later = later[ids.index(generation_id) + 1 :]
+        replies = {m.reply_to: m.id for m in later if m.role == "assistant"}
+        for message in later:
+            if message.role == "user":
+                outbox.push(
+                    MessageAccepted(
+                        message.client_id or "", conversation_id, message, replies.get(message.id)
+                    )
+                )
+            elif message.role == "assistant":
+                try:
+                    more = await self.follow(owner, message.id, 0, outbox)
+                except NotFound:  # deleted meanwhile
+                    continue
+                if more is not None:
+                    unsubscribes.append(more)
+        return unsubscribes
+
     @staticmethod
     def _replay_final(message: Message, offset: int, outbox: Outbox) -> None:
-        _check_offset(offset, len(message.content), message.id)
-        outbox.expect(message.id, offset)
+        # an interrupted reply may have streamed more than its last checkpoint:
+        # its terminal event carries the text that was kept
+        _check_offset(
+            offset, len(message.content), message.id, lenient=message.status == "interrupted"
+        )
+        outbox.rewind(message.id, offset)
+        outbox.push(_started_for(message))
         if len(message.content) > offset:
             outbox.push(GenerationDelta(message.id, offset, message.content[offset:]))
         outbox.push(terminal_event_for(message))
 
 
-def _check_offset(offset: int, length: int, generation_id: str) -> None:
-    if offset > length:
+#: how many of a conversation's newest messages a conversation resume looks at
+_CATCH_UP_LIMIT = 200
+
+
+def _started_for(message: Message) -> GenerationStarted:
+    return GenerationStarted(
+        message.id, message.conversation_id, message.id, message.reply_to, message.model
+    )
+
+
+def _check_offset(offset: int, length: int, generation_id: str, *, lenient: bool = False) -> None:
+    if offset > length and not lenient:
         raise ValidationFailed(
             f"offset {offset} is past the {length} code points of this reply", ref=generation_id
         )

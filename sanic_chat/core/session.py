@@ -114,7 +114,17 @@ class ChatSession:
             raise NotFound("no such conversation", ref=frame.conversation_id)
         await self._ensure_subscribed(frame.conversation_id)
         if frame.generation_id is not None:
-            await self._follow(frame.generation_id, frame.offset or 0)
+            # a resume of the conversation's stream: that reply from offset,
+            # then whatever was posted after it
+            self._follows.extend(
+                await self.service.follow_conversation(
+                    self.user,
+                    frame.conversation_id,
+                    frame.generation_id,
+                    frame.offset or 0,
+                    self.outbox,
+                )
+            )
 
     async def _ensure_subscribed(self, conversation_id: str) -> None:
         if conversation_id in self._subscriptions:

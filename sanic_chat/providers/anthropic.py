@@ -4,6 +4,7 @@ events (message_start, content_block_*, ping, message_delta, message_stop, error
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -172,10 +173,11 @@ class AnthropicProvider(HttpProvider):
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = AnthropicStreamDecoder()
-        async for event in sse_events(response):
-            chunk = decoder.feed(event.event, event.data)
-            if chunk is not None:
-                yield chunk
-            if decoder.done:
-                return
+        async with aclosing(sse_events(response)) as events:
+            async for event in events:
+                chunk = decoder.feed(event.event, event.data)
+                if chunk is not None:
+                    yield chunk
+                if decoder.done:
+                    return
         decoder.end()

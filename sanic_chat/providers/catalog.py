@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -231,7 +231,7 @@ class ModelCatalog:
 
     def __init__(
         self,
-        specs: list[ModelSpec],
+        specs: Sequence[ModelSpec],
         default: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,

@@ -19,7 +19,7 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -254,20 +254,15 @@ class HttpProvider:
 
     # -- the loop
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+        return stream_with_retries(lambda: self._attempt(request), self.retry)
+
+    async def _attempt(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         # built inside the generator so that even a refused request fails on
         # iteration, like every other provider error
         content = orjson.dumps(self.build_body(request))
         headers = {"content-type": "application/json", **dict(self.spec.headers)}
         headers.update(self.build_headers())
-        retrying = stream_with_retries(lambda: self._attempt(content, headers), self.retry)
-        async with aclosing(retrying) as chunks:
-            async for chunk in chunks:
-                yield chunk
-
-    async def _attempt(
-        self, content: bytes, headers: dict[str, str]
-    ) -> AsyncGenerator[Chunk, None]:
         responded = False
         try:
             async with self.client.stream(
@@ -306,11 +301,9 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return bytes(body[:_ERROR_BODY_LIMIT])
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[httpx_sse.ServerSentEvent]:
+def sse_events(response: httpx.Response) -> AsyncGenerator[httpx_sse.ServerSentEvent, None]:
     """The response's server-sent events (httpx-sse checks the content type)."""
-    async with aclosing(httpx_sse.EventSource(response).aiter_sse()) as events:
-        async for event in events:
-            yield event
+    return httpx_sse.EventSource(response).aiter_sse()
 
 
 def loads_json(data: str | bytes, vendor: str) -> Any:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -130,12 +131,13 @@ class OpenAIProvider(HttpProvider):
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OpenAIStreamDecoder()
-        async for event in sse_events(response):
-            chunk = decoder.feed(event.data)
-            if chunk is not None:
-                yield chunk
-            if decoder.done:
-                return
+        async with aclosing(sse_events(response)) as events:
+            async for event in events:
+                chunk = decoder.feed(event.data)
+                if chunk is not None:
+                    yield chunk
+                if decoder.done:
+                    return
         last = decoder.end()
         if last is not None:
             yield last

@@ -4,6 +4,11 @@ Mirrors :mod:`.websocket`: requests become typed frames handed to a
 :class:`ChatSession`; the session's outbox is written as SSE events whose
 ``data`` is the same JSON object the WebSocket sends, ``event`` its type and
 ``id`` ``{generation_id}:{end offset}``, so ``Last-Event-ID`` resumes exactly.
+
+A stream ends when its client goes away (Sanic cancels the handler: the
+session unsubscribes at once), when the client falls too far behind (it
+reconnects with ``Last-Event-ID``), after the terminal event of
+``/generations/{id}/events``, and at shutdown once running replies drained.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -18,7 +24,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 from sse_starlette import ServerSentEvent
 
-from ..core.errors import BadRequest, NotFound, ValidationFailed
+from ..core.errors import BadRequest, ValidationFailed
 from ..core.events import (
     TERMINAL_TYPES,
     ConversationSubscribe,
@@ -43,23 +49,32 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
 }
 
+#: tells EventSource to reconnect after 1 s, and opens the stream at once
+OPENING = ServerSentEvent(retry=1000, comment="connected").encode()
+HEARTBEAT = ServerSentEvent(comment="heartbeat").encode()
+#: events already queued are written together, up to this many bytes per write
+_BATCH_BYTES = 64 * 1024
+
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
-    async def post_message(request: Request, conversation_id: Any) -> HTTPResponse:
-        conversation_id = str(conversation_id)  # the router matched a UUID
+    #: the outboxes of open streams, ended at shutdown
+    streams: set[Outbox] = set()
+
+    # ids are typed ``uuid`` in the paths so that these routes share their
+    # paths with the REST API's (GET .../messages); a malformed id is a 404
+    async def post_message(request: Request, conversation_id: uuid.UUID) -> HTTPResponse:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         frame = frame_from_object(
-            {**body, "type": "message.create", "conversation_id": conversation_id},
+            {**body, "type": "message.create", "conversation_id": str(conversation_id)},
             max_content_chars=context.service.settings.max_content_chars,
         )
         assert isinstance(frame, MessageCreate)
         user: str = request.ctx.user
         if context.gate is not None:
             await context.gate(user, frame)
-        if await context.service.store.get_conversation(user, conversation_id) is None:
-            raise NotFound("no such conversation", ref=frame.client_id)
+        # NotFound for a missing or foreign conversation, Conflict while a reply runs
         posted, accepted = await context.service.post(user, frame)
         return json(
             {
@@ -71,55 +86,44 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             status=202,
         )
 
-    async def conversation_events(request: Request, conversation_id: Any) -> None:
-        conversation_id = str(conversation_id)  # the router matched a UUID
+    async def conversation_events(request: Request, conversation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
         frame = frame_from_object(
             {
                 "type": "conversation.subscribe",
-                "conversation_id": conversation_id,
+                "conversation_id": str(conversation_id),
                 "generation_id": last[0] if last else None,
                 "offset": last[1] if last else None,
             }
         )
         assert isinstance(frame, ConversationSubscribe)
-        session = context.open_session(request.ctx.user)
-        try:
-            await session.handle(frame)
-        except BaseException:
-            await session.close()
-            raise
-        await _stream(request, session, context, until_terminal_of=None)
+        await _serve(request, context, streams, frame, until_terminal_of=None)
 
-    async def generation_events(request: Request, generation_id: Any) -> None:
-        generation_id = str(generation_id)  # the router matched a UUID
+    async def generation_events(request: Request, generation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
-        offset: Any = request.args.get("offset")
-        if last is not None and last[0] == generation_id:
-            offset = last[1]
-        elif offset is not None:
-            try:
-                offset = int(offset)
-            except ValueError:
-                raise ValidationFailed("offset must be a non-negative integer") from None
+        offset: int | None = _offset_arg(request)
+        if last is not None and last[0] == str(generation_id):
+            offset = last[1]  # a reconnect: it has exactly this much
         frame = frame_from_object(
-            {"type": "generation.resume", "generation_id": generation_id, "offset": offset}
+            {"type": "generation.resume", "generation_id": str(generation_id), "offset": offset}
         )
         assert isinstance(frame, GenerationResume)
-        session = context.open_session(request.ctx.user)
-        try:
-            await session.handle(frame)
-        except BaseException:
-            await session.close()
-            raise
-        await _stream(request, session, context, until_terminal_of=frame.generation_id)
+        await _serve(request, context, streams, frame, until_terminal_of=frame.generation_id)
 
-    async def cancel(request: Request, generation_id: Any) -> HTTPResponse:
-        generation_id = str(generation_id)  # the router matched a UUID
-        frame = frame_from_object({"type": "generation.cancel", "generation_id": generation_id})
+    async def cancel(request: Request, generation_id: uuid.UUID) -> HTTPResponse:
+        frame = frame_from_object(
+            {"type": "generation.cancel", "generation_id": str(generation_id)}
+        )
         assert isinstance(frame, GenerationCancel)
         message = await context.service.cancel(request.ctx.user, frame.generation_id)
         return json({"generation_id": frame.generation_id, "status": message.status}, status=202)
+
+    async def end_streams(app: Sanic[Any, Any]) -> None:
+        # Shutdown listeners run in reverse order of registration: this runs
+        # after the app's drain, so running replies reached their streams.
+        # Each stream ends; its client reconnects (elsewhere) with Last-Event-ID.
+        for outbox in list(streams):
+            outbox.close()
 
     app.add_route(
         post_message,
@@ -145,6 +149,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         methods=["POST"],
         name="sse_cancel",
     )
+    app.register_listener(end_streams, "before_server_stop")
 
 
 def _json_body(request: Request) -> Any:
@@ -154,19 +159,31 @@ def _json_body(request: Request) -> Any:
         raise BadRequest("the body is not valid JSON") from None
 
 
+def _offset_arg(request: Request) -> int | None:
+    raw = request.args.get("offset")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise ValidationFailed("offset must be a non-negative integer")
+    return int(raw)
+
+
 def parse_last_event_id(request: Request) -> tuple[str, int] | None:
-    """``Last-Event-ID`` (header, or ``?last_event_id=`` for clients that cannot
-    set headers) as (generation_id, offset); None when absent."""
+    """``Last-Event-ID`` (the header a reconnecting EventSource sends, else
+    ``?last_event_id=`` for a first connection) as (generation_id, offset);
+    None when absent."""
     raw = request.headers.get("last-event-id") or request.args.get("last_event_id")
     if not raw:
         return None
     generation_id, sep, offset = raw.rpartition(":")
-    if not sep or not offset.isdigit() or len(generation_id) > 64:
+    if not sep or not offset.isdigit() or len(generation_id) > 64 or len(offset) > 16:
         raise ValidationFailed("Last-Event-ID must be {generation_id}:{offset}")
     return generation_id, int(offset)
 
 
 def encode_sse(event: ServerEvent) -> bytes:
+    """One event on the wire: ``event:`` its type, ``data:`` the JSON every
+    transport sends, and for generation events ``id:`` where its text ends."""
     end_offset = getattr(event, "end_offset", None)
     generation_id = getattr(event, "generation_id", None)
     event_id = (
@@ -174,12 +191,33 @@ def encode_sse(event: ServerEvent) -> bytes:
         if end_offset is not None and generation_id is not None
         else None
     )
-    return ServerSentEvent(
-        data=encode_event(event).decode(), event=event.type, id=event_id
-    ).encode()
+    data = encode_event(event).decode()
+    return ServerSentEvent(data=data, event=event.type, id=event_id).encode()
 
 
-HEARTBEAT = ServerSentEvent(comment="heartbeat").encode()
+async def _serve(
+    request: Request,
+    context: TransportContext,
+    streams: set[Outbox],
+    frame: ConversationSubscribe | GenerationResume,
+    *,
+    until_terminal_of: str | None,
+) -> None:
+    """Open a session, run ``frame`` (refusals answer as HTTP errors, before
+    the stream starts), then stream the session's outbox."""
+    user: str = request.ctx.user
+    if context.on_connect is not None:
+        context.on_connect(user)  # may refuse (a ChatError answers over HTTP)
+    session = context.open_session(user)
+    try:
+        await session.handle(frame)
+        streams.add(session.outbox)
+        await _stream(request, session, context, until_terminal_of=until_terminal_of)
+    finally:
+        streams.discard(session.outbox)
+        await session.close()
+        if context.on_disconnect is not None:
+            context.on_disconnect(user)
 
 
 async def _stream(
@@ -192,12 +230,13 @@ async def _stream(
     metrics = context.metrics
     metrics.connections.labels("sse").inc()
     outbox: Outbox = session.outbox
+    response = None
     try:
         response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
         assert response is not None
-        # tell EventSource how soon to reconnect, and open the stream at once
-        await response.send(ServerSentEvent(retry=1000, comment="connected").encode())
-        while True:
+        await response.send(OPENING)
+        ended = False
+        while not ended:
             try:
                 event = await asyncio.wait_for(outbox.get(), context.heartbeat_s)
             except TimeoutError:
@@ -205,23 +244,33 @@ async def _stream(
                 continue
             if event is None:
                 break
-            await response.send(encode_sse(event))
-            if (
-                until_terminal_of is not None
-                and isinstance(event, TERMINAL_TYPES)
-                and event.generation_id == until_terminal_of
-            ):
-                break
-        with contextlib.suppress(Exception):
-            await response.eof()
+            # write what is already queued in one go; a slow reader finds
+            # deltas merged behind the write it is blocking
+            batch: list[bytes] = []
+            size = 0
+            while event is not None:
+                encoded = encode_sse(event)
+                batch.append(encoded)
+                size += len(encoded)
+                if (
+                    until_terminal_of is not None
+                    and isinstance(event, TERMINAL_TYPES)
+                    and event.generation_id == until_terminal_of
+                ):
+                    ended = True
+                    break
+                if size >= _BATCH_BYTES:
+                    break
+                event = outbox.get_nowait()
+            await response.send(b"".join(batch))
+        await response.eof()
     except SlowConsumer:
+        # the stream ends; the client reconnects with Last-Event-ID
         metrics.slow_consumers_dropped.labels("sse").inc()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    except Exception as exc:  # the client went away mid-write
+        if response is not None:
+            with contextlib.suppress(Exception):
+                await response.eof()
+    except ConnectionError as exc:  # the client went away mid-write
         log.debug("sse stream stopped: %s", exc)
     finally:
         metrics.connections.labels("sse").dec()
-        await session.close()
-        if context.on_disconnect is not None:
-            context.on_disconnect(request.ctx.user)

@@ -2,7 +2,9 @@
 
 It only translates: frames from the socket go to :meth:`ChatSession.receive`;
 events from the session's outbox go to the socket. A slow reader makes the
-writer wait on the socket while the outbox merges deltas behind it.
+writer wait on the socket while the outbox merges deltas behind it; one too
+far behind is closed with :data:`SLOW_CONSUMER_CLOSE_CODE` and resumes by
+offset. A dropped socket frees the session at once and stops no reply.
 """
 
 from __future__ import annotations
@@ -18,24 +20,41 @@ from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
-from ..core.events import encode_event
+from ..core.errors import ChatError
+from ..core.events import ErrorEvent, encode_event
 from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
 from .base import TransportContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SLOW_CONSUMER_CLOSE_CODE", "register"]
+__all__ = ["GOING_AWAY", "REFUSED", "SLOW_CONSUMER_CLOSE_CODE", "register"]
 
 #: close code when the server goes away (graceful shutdown): reconnect and resume
 GOING_AWAY = 1001
+#: close code when the connection itself is refused (e.g. too many connections)
+REFUSED = 1008
+#: how long a closing handshake may wait for a reader that does not read
+_CLOSE_TIMEOUT_S = 10.0
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
+    #: open sockets, told to go away at shutdown
+    sockets: set[WebsocketImplProtocol] = set()
+
     async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         user: str = request.ctx.user
+        if context.on_connect is not None:
+            try:
+                context.on_connect(user)
+            except ChatError as exc:
+                with contextlib.suppress(Exception):
+                    await ws.send(encode_event(ErrorEvent(exc.code, exc.message)).decode())
+                await _close(ws, REFUSED, exc.message[:100])
+                return
         session = context.open_session(user)
         metrics = context.metrics
         metrics.connections.labels("websocket").inc()
+        sockets.add(ws)
         activity = _Activity()
         writer = asyncio.create_task(_pump(session.outbox, ws, context, activity))
         try:
@@ -45,7 +64,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
                     # idle means nothing sent either way (a reply streaming to a
                     # quiet reader is not idle)
                     if time.monotonic() - activity.last > context.idle_timeout_s:
-                        await ws.close(1000, "idle timeout")
+                        await _close(ws, 1000, "idle timeout")
                         break
                     continue
                 activity.last = time.monotonic()
@@ -55,9 +74,10 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         except asyncio.CancelledError:
             # the server is shutting down: tell the client to reconnect elsewhere
             with contextlib.suppress(Exception):
-                await ws.close(GOING_AWAY, "server going away: reconnect and resume")
+                await _close(ws, GOING_AWAY, "server going away: reconnect and resume")
             raise
         finally:
+            sockets.discard(ws)
             metrics.connections.labels("websocket").dec()
             await session.close()
             writer.cancel()
@@ -66,7 +86,18 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             if context.on_disconnect is not None:
                 context.on_disconnect(user)
 
+    async def going_away(app: Sanic[Any, Any]) -> None:
+        # Shutdown listeners run in reverse order of registration: this runs
+        # after the app's drain, so running replies reached their sockets.
+        closing = [
+            _close(ws, GOING_AWAY, "server going away: reconnect and resume")
+            for ws in list(sockets)
+        ]
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+
     app.add_websocket_route(websocket, "/ws", name="websocket")
+    app.register_listener(going_away, "before_server_stop")
 
 
 class _Activity:
@@ -85,6 +116,18 @@ async def _pump(
             activity.last = time.monotonic()
     except SlowConsumer:
         context.metrics.slow_consumers_dropped.labels("websocket").inc()
-        await ws.close(SLOW_CONSUMER_CLOSE_CODE, "too far behind: reconnect and resume by offset")
+        # what was written before stays readable; the close frame follows it
+        await _close(ws, SLOW_CONSUMER_CLOSE_CODE, "too far behind: reconnect and resume by offset")
     except Exception as exc:  # the socket is gone; the reader sees it too
         log.debug("websocket writer stopped: %s", exc)
+
+
+async def _close(ws: WebsocketImplProtocol, code: int, reason: str) -> None:
+    """The closing handshake, bounded: a peer that reads nothing for
+    :data:`_CLOSE_TIMEOUT_S` has its connection failed instead."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), _CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        ws.fail_connection(code, reason)
+    except Exception as exc:
+        log.debug("websocket close failed: %s", exc)

@@ -231,14 +231,16 @@ async def test_cancelling_the_consumer_task_closes_the_upstream(
 ) -> None:
     provider = open_provider(vendor, f"key={key};tps=20;tokens=200")
     got: list[str] = []
+    two = asyncio.Event()
 
     async def consume() -> None:
         async for chunk in provider.stream(ask("long")):
             got.append(chunk.text)
+            if len(got) == 2:
+                two.set()
 
     task = asyncio.create_task(consume())
-    while len(got) < 2:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(two.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -250,8 +252,9 @@ async def test_cancel_during_time_to_first_token_closes_the_upstream(
 ) -> None:
     provider = open_provider(vendor, f"key={key};ttft_ms=5000")
     task = asyncio.create_task(run(provider, ask("wait")))
-    deadline = time.monotonic() + 2
-    while fake.stats()["attempts"].get(key) != 1 and time.monotonic() < deadline:
+    for _ in range(200):
+        if fake.stats()["attempts"].get(key) == 1:
+            break
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -272,6 +275,22 @@ async def test_connect_refused_is_a_retryable_failure_retried_then_reported(
     assert isinstance(outcome.error, ProviderFailure)
     assert outcome.error.retryable
     assert "connect" in outcome.error.message
+
+
+async def test_an_in_stream_error_before_any_text_is_retried_when_the_vendor_says_overloaded(
+    vendor: str, open_provider: Opener, fake: FakeLLM, key: str
+) -> None:
+    # OpenAI server_error and Anthropic overloaded_error are retryable; Ollama's
+    # error lines carry no type, so they are final
+    retried = vendor != "ollama"
+    provider = open_provider(vendor, f"key={key};fault=error:0;fail_first=1")
+    outcome = await run(provider, ask("again"))
+    if retried:
+        assert outcome.error is None and outcome.text == reply_text("again", 8)
+        assert fake.stats()["attempts"][key] == 2
+    else:
+        assert isinstance(outcome.error, ProviderFailure) and outcome.chunks == []
+        assert fake.stats()["attempts"][key] == 1
 
 
 async def test_many_concurrent_streams_share_one_pool(

@@ -268,7 +268,7 @@ async def _outcome(catalog: ModelCatalog) -> tuple[str, ProviderError | None]:
 
 async def test_a_200_that_is_not_an_event_stream_is_a_failure() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
-    text, error = await _outcome(_catalog("openai", transport))
+    _, error = await _outcome(_catalog("openai", transport))
     assert isinstance(error, ProviderFailure) and "event stream" in error.message
 
 

@@ -1,0 +1,122 @@
+"""The security layer, assembled from the settings and wired into the app:
+the ``identify`` middleware's checks, the transports' hooks, CORS, the
+tickets endpoint and log redaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, json
+
+from ..auth import accepts_ticket, build_authenticator
+from ..config import Settings
+from ..core.session import FrameGate
+from ..transports.base import Authenticate, TransportContext
+from .limits import ConnectionLimiter, build_gate
+from .origins import OriginPolicy
+from .ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from .redaction import install_log_redaction
+from .tickets import MemoryTickets, RedisTickets, TicketStore
+
+__all__ = ["Security"]
+
+#: request headers a cross-origin page may send
+_CORS_HEADERS = "authorization,content-type,last-event-id"
+
+
+class Security:
+    """Built before the app; :meth:`install` wires it in."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # with a Redis bus, tickets and rates live in the same Redis: every
+        # worker and node sees them
+        shared = settings.bus_url.startswith(("redis://", "rediss://"))
+        redis_url = settings.bus_url if shared else None
+        self.tickets: TicketStore = (
+            RedisTickets(redis_url, ttl_s=settings.ticket_ttl_s)
+            if redis_url
+            else MemoryTickets(ttl_s=settings.ticket_ttl_s)
+        )
+        self.rate: RateLimiter | None = None
+        if settings.rate_limit is not None:
+            count, period = settings.rate_limit.count, settings.rate_limit.period_s
+            self.rate = (
+                RedisRateLimiter(redis_url, count, period)
+                if redis_url
+                else LocalRateLimiter(count, period)
+            )
+        self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
+        self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")
+        self.connections = ConnectionLimiter(settings.max_connections_per_user)
+        self.gate: FrameGate = build_gate(self.rate, log_content=settings.log_content)
+
+    # ------------------------------------------------------------------ wiring
+
+    def configure_cors(self, config: Any) -> None:
+        """sanic-ext's CORS from the allowed origins; call before ``Extend(app)``.
+        With none listed only the server's own pages call it, which needs no CORS."""
+        origins = self.origins.cors_origins
+        config.CORS = bool(origins)
+        config.CORS_ORIGINS = "*" if origins == ["*"] else origins
+        config.CORS_ALLOW_HEADERS = _CORS_HEADERS
+        config.CORS_METHODS = "GET,POST,DELETE,OPTIONS"
+        config.CORS_EXPOSE_HEADERS = "retry-after"
+        config.CORS_SUPPORTS_CREDENTIALS = False  # bearer tokens, never cookies
+        config.CORS_ALWAYS_SEND = False
+        config.CORS_MAX_AGE = 600
+
+    def install(self, app: Sanic[Any, Any], context: TransportContext) -> None:
+        context.gate = self.gate
+        context.on_connect = self.connections.connected
+        context.on_disconnect = self.connections.disconnected
+        app.blueprint(self.tickets_blueprint())
+        install_log_redaction()
+
+        @app.before_server_start
+        async def start_security(app: Sanic[Any, Any]) -> None:
+            install_log_redaction()  # Sanic has set up its logging by now
+            await self.tickets.start()
+            if self.rate is not None:
+                await self.rate.start()
+
+        @app.after_server_stop
+        async def stop_security(app: Sanic[Any, Any]) -> None:
+            await self.tickets.close()
+            if self.rate is not None:
+                await self.rate.close()
+
+    # ------------------------------------------------------------------ per request
+
+    async def identify(self, request: Request) -> None:
+        """Run by the ``identify`` middleware on every non-public request:
+        origin and host, then the user, then (for streams) a connection slot."""
+        self.origins.check(request.headers.get("origin"), request.headers.get("host"))
+        if request.method == "OPTIONS":
+            return  # a CORS preflight carries no credentials; sanic-ext answers it
+        user = await self.authenticate(request)
+        request.ctx.user = user
+        if accepts_ticket(request):  # the long-lived ones: /ws and the SSE streams
+            self.connections.reserve(user)
+
+    def tickets_blueprint(self) -> Blueprint:
+        bp = Blueprint("tickets")
+        tickets = self.tickets
+
+        @bp.post("/api/v1/tickets")
+        async def mint_ticket(request: Request) -> HTTPResponse:
+            ticket = await tickets.mint(request.ctx.user)
+            expires = datetime.now(UTC) + timedelta(seconds=ticket.expires_in_s)
+            return json(
+                {
+                    "ticket": ticket.value,
+                    "expires_in": ticket.expires_in_s,
+                    "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                },
+                status=201,
+                headers={"Cache-Control": "no-store"},
+            )
+
+        return bp

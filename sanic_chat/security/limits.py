@@ -1,0 +1,95 @@
+"""Per-user limits on connections, and the gate every client frame passes.
+
+Connections (WebSocket and SSE streams) are counted per user and per process.
+The ``identify`` middleware *reserves* a slot before the upgrade, so the extra
+connection is refused with 429 over plain HTTP; the transport turns the
+reservation into a connection when its handler starts (``on_connect``) and
+gives it back when it ends (``on_disconnect``). A reservation whose request
+never reached its handler (a failed handshake, a 404 stream) lapses after
+``reservation_s``, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from ..core.errors import RateLimited, ValidationFailed
+from ..core.events import ClientFrame, MessageCreate
+from ..core.session import FrameGate
+from .ratelimit import RateLimiter
+
+__all__ = ["ConnectionLimiter", "build_gate"]
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLimiter:
+    def __init__(self, max_per_user: int, *, reservation_s: float = 10.0) -> None:
+        self.max_per_user = max_per_user
+        self.reservation_s = reservation_s
+        self._active: dict[str, int] = {}
+        self._pending: dict[str, deque[float]] = {}
+
+    def reserve(self, user: str) -> None:
+        """Before the upgrade: raise :class:`RateLimited` if ``user`` is at the limit."""
+        now = time.monotonic()
+        pending = self._pending.get(user)
+        if pending is not None:
+            while pending and now - pending[0] > self.reservation_s:
+                pending.popleft()
+        in_use = self._active.get(user, 0) + (len(pending) if pending else 0)
+        if in_use >= self.max_per_user:
+            raise RateLimited(
+                f"at most {self.max_per_user} open connections per user: close one first",
+                retry_after=1.0,
+            )
+        self._pending.setdefault(user, deque()).append(now)
+
+    def connected(self, user: str) -> None:
+        pending = self._pending.get(user)
+        if pending:
+            pending.popleft()
+            if not pending:
+                del self._pending[user]
+        self._active[user] = self._active.get(user, 0) + 1
+
+    def disconnected(self, user: str) -> None:
+        left = self._active.get(user, 0) - 1
+        if left > 0:
+            self._active[user] = left
+        else:
+            self._active.pop(user, None)
+
+    def active(self, user: str) -> int:
+        return self._active.get(user, 0)
+
+
+def build_gate(rate: RateLimiter | None, *, log_content: bool = False) -> FrameGate:
+    """The check run before each decoded client frame, on every transport.
+
+    ``message.create`` pays one unit of the user's rate, and its content must
+    be storable everywhere (PostgreSQL text cannot hold NUL).
+    """
+
+    async def gate(user: str, frame: ClientFrame) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            if log_content and isinstance(frame, MessageCreate):
+                log.debug("frame from %s: %s content=%r", user, frame.type, frame.content)
+            else:
+                log.debug("frame from %s: %s", user, frame.type)
+        if not isinstance(frame, MessageCreate):
+            return
+        if "\x00" in frame.content:
+            raise ValidationFailed("content must not contain NUL characters", ref=frame.client_id)
+        if rate is not None:
+            wait = await rate.acquire(user)
+            if wait > 0:
+                raise RateLimited(
+                    f"too many messages: retry in {wait:.1f} s",
+                    ref=frame.client_id,
+                    retry_after=wait,
+                )
+
+    return gate

@@ -1,0 +1,113 @@
+"""Per-user message rate (``SANIC_CHAT_RATE_LIMIT``, e.g. ``60/minute``).
+
+Both limiters run GCRA, the generic cell rate algorithm: the same answers as a
+token bucket holding ``count`` tokens that refills one every ``period/count``
+seconds, kept as one number per user (the "theoretical arrival time").
+
+:class:`LocalRateLimiter` holds in one process. :class:`RedisRateLimiter` keeps
+the number in Redis, updated by one script using Redis's clock, so the limit
+holds across every worker and node sharing that Redis. When Redis cannot be
+reached it falls back to the local limiter (a limit per process, rather than
+none or an outage) and says so in the log once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+__all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+
+log = logging.getLogger(__name__)
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, key: str) -> float:
+        """Take one unit for ``key``: 0.0 when allowed, else the seconds to wait."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRateLimiter:
+    def __init__(self, count: int, period_s: float) -> None:
+        self.interval = period_s / count
+        self.tolerance = period_s - self.interval
+        self._tat: dict[str, float] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._tat.clear()
+
+    async def acquire(self, key: str) -> float:
+        return self.take(key, time.monotonic())
+
+    def take(self, key: str, now: float) -> float:
+        tat = max(self._tat.get(key, now), now)
+        if tat - now > self.tolerance:
+            return tat - now - self.tolerance
+        self._tat[key] = tat + self.interval
+        if len(self._tat) > 4096:
+            # a user whose arrival time has passed is back to a full bucket
+            self._tat = {k: t for k, t in self._tat.items() if t > now}
+        return 0.0
+
+
+# KEYS: the user's key. ARGV: interval us, tolerance us. Returns the wait in us (0: allowed).
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return math.ceil(tat - now - tolerance) end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return 0
+"""
+
+
+class RedisRateLimiter:
+    def __init__(
+        self, url: str, count: int, period_s: float, *, prefix: str = "sanic-chat:sec"
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.interval_us = int(period_s / count * 1_000_000)
+        self.tolerance_us = int(period_s * 1_000_000) - self.interval_us
+        self.fallback = LocalRateLimiter(count, period_s)
+        self._redis: Any = None
+        self._script: Any = None
+        self._warned_at = float("-inf")
+
+    async def start(self) -> None:
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._script = self._redis.register_script(_GCRA)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def acquire(self, key: str) -> float:
+        from redis.exceptions import RedisError
+
+        try:
+            wait_us = await self._script(
+                keys=[f"{self.prefix}:rate:{key}"], args=[self.interval_us, self.tolerance_us]
+            )
+        except (RedisError, OSError) as exc:
+            now = time.monotonic()
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                log.warning("rate limit: Redis unreachable (%s); limiting per process", exc)
+            return await self.fallback.acquire(key)
+        return int(wait_us) / 1_000_000

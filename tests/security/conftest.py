@@ -1,0 +1,24 @@
+"""The shared JWT server most security tests use: HS256, SQLite, quick demo
+models, access log on (so the logs tests see every request line), tickets
+that live 2 s (so expiry is quick to see)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server import RunningServer
+
+from .support import jwt_env, server_with
+
+
+@pytest.fixture(scope="session")
+def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = jwt_env(
+        tmp_path_factory.mktemp("jwt"),
+        SANIC_CHAT_TICKET_TTL_S="2",
+        SANIC_CHAT_RATE_LIMIT="600/minute",
+    )
+    with server_with(env, args=("--access-log",)) as running:
+        yield running

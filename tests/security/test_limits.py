@@ -1,0 +1,216 @@
+"""Every limit, against a real server configured small enough to hit them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import require_redis
+from tests.server import RunningServer
+
+from .support import (
+    bearer,
+    chat,
+    create,
+    jwt_env,
+    new_user,
+    recv,
+    refused_upgrade,
+    send,
+    server_with,
+    until,
+    ws_connect,
+)
+
+FRAME_LIMIT = 64 * 1024
+BODY_LIMIT = 16 * 1024
+CONTENT_LIMIT = 1000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = jwt_env(
+        tmp_path_factory.mktemp("limits"),
+        SANIC_CHAT_MAX_FRAME_BYTES=str(FRAME_LIMIT),
+        SANIC_CHAT_MAX_BODY_BYTES=str(BODY_LIMIT),
+        SANIC_CHAT_MAX_CONTENT_CHARS=str(CONTENT_LIMIT),
+        SANIC_CHAT_RATE_LIMIT="4/minute",
+        SANIC_CHAT_MAX_CONNECTIONS_PER_USER="2",
+        SANIC_CHAT_MAX_RUNNING_REPLIES_PER_USER="1",
+        SANIC_CHAT_IDLE_TIMEOUT_S="1",
+    )
+    with server_with(env) as running:
+        yield running
+
+
+async def test_a_frame_over_the_size_limit_closes_the_socket_with_1009(
+    server: RunningServer,
+) -> None:
+    async with ws_connect(server, bearer(new_user())) as ws:
+        await ws.send("x" * (FRAME_LIMIT + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_content_over_the_limit_is_too_large_and_the_socket_stays_open(
+    server: RunningServer,
+) -> None:
+    user = new_user()
+    async with ws_connect(server, bearer(user)) as ws:
+        frame = create("y" * (CONTENT_LIMIT + 1))
+        await send(ws, **frame)
+        error = await recv(ws)
+        assert (error["type"], error["code"], error["ref"]) == (
+            "error",
+            "too_large",
+            frame["client_id"],
+        )
+        await ws.send('{"type": "ping"}')
+        assert (await recv(ws))["type"] == "pong"
+    conversation = httpx.post(
+        f"{server.base_url}/api/v1/conversations", headers=bearer(user), json={}
+    )
+    response = httpx.post(
+        f"{server.base_url}/api/v1/conversations/{conversation.json()['id']}/messages",
+        headers=bearer(user),
+        json={"client_id": str(uuid.uuid4()), "content": "y" * (CONTENT_LIMIT + 1)},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/conversations", "/api/v1/tickets"])
+def test_a_body_over_the_limit_is_413_too_large(server: RunningServer, path: str) -> None:
+    response = httpx.post(
+        f"{server.base_url}{path}",
+        headers={**bearer(new_user()), "Content-Type": "application/json"},
+        content=b'{"title": "' + b"z" * BODY_LIMIT + b'"}',
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+
+
+async def test_the_message_rate_is_limited_per_user_on_both_transports(
+    server: RunningServer,
+) -> None:
+    user = new_user()
+    async with ws_connect(server, bearer(user)) as ws:
+        first = await chat(ws, "one")
+        conversation_id = first[0]["conversation_id"]
+        for content in ("two", "three", "four"):
+            frames = await chat(ws, content, conversation_id=conversation_id)
+            assert frames[-1]["type"] == "generation.completed"
+        fifth = create("five", conversation_id=conversation_id)
+        await send(ws, **fifth)
+        error = await recv(ws)
+        assert (error["code"], error["ref"]) == ("rate_limited", fifth["client_id"])
+    response = httpx.post(
+        f"{server.base_url}/api/v1/conversations/{conversation_id}/messages",
+        headers=bearer(user),
+        json={"client_id": str(uuid.uuid4()), "content": "six"},
+    )
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response.headers["retry-after"]) <= 15
+    # refused messages were not stored; another user has a rate of their own
+    history = httpx.get(
+        f"{server.base_url}/api/v1/conversations/{conversation_id}/messages", headers=bearer(user)
+    ).json()["items"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["one", "two", "three", "four"]
+    async with ws_connect(server, bearer(new_user())) as ws:
+        assert (await chat(ws, "mine"))[-1]["type"] == "generation.completed"
+
+
+async def test_connections_per_user_are_limited_before_the_upgrade(
+    server: RunningServer,
+) -> None:
+    user = new_user()
+    async with ws_connect(server, bearer(user)) as one:
+        frames = await chat(one, "something to stream later")
+        generation_id = frames[-1]["generation_id"]
+        async with ws_connect(server, bearer(user)):
+            status, body = await refused_upgrade(server, bearer(user))
+            assert (status, body["error"]["code"]) == (429, "rate_limited")
+            response = httpx.get(
+                f"{server.base_url}/api/v1/generations/{generation_id}/events",
+                headers=bearer(user),
+            )
+            assert response.status_code == 429
+            # another user is not affected
+            async with ws_connect(server, bearer(new_user())):
+                pass
+        # a closed connection frees its slot
+        for _ in range(50):
+            try:
+                async with ws_connect(server, bearer(user)) as again:
+                    await again.send('{"type": "ping"}')
+                    await until(again, "pong")
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the slot of a closed connection was not freed")
+
+
+async def test_running_replies_per_user_are_limited(server: RunningServer) -> None:
+    user = new_user()
+    async with ws_connect(server, bearer(user)) as ws:
+        await send(ws, **create("a long one", model="slow"))
+        await until(ws, "generation.started")
+        refused = create("another conversation meanwhile")
+        await send(ws, **refused)
+        error = await until(ws, "error")
+        assert (error["code"], error["ref"]) == ("rate_limited", refused["client_id"])
+        conversation = httpx.post(
+            f"{server.base_url}/api/v1/conversations", headers=bearer(user), json={}
+        ).json()
+        response = httpx.post(
+            f"{server.base_url}/api/v1/conversations/{conversation['id']}/messages",
+            headers=bearer(user),
+            json={"client_id": str(uuid.uuid4()), "content": "and over HTTP"},
+        )
+        assert response.status_code == 429
+        await until(ws, "generation.completed", timeout=20)
+        # the slot is free again once the reply ended (4 attempts: within the rate)
+        assert (await chat(ws, "now it fits"))[-1]["type"] == "generation.completed"
+
+
+async def test_an_idle_connection_is_closed(server: RunningServer) -> None:
+    async with ws_connect(server, bearer(new_user())) as ws:
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws, timeout=15)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert 0.9 < time.monotonic() - started < 8
+
+
+@pytest.mark.redis
+async def test_with_a_redis_bus_the_rate_holds_across_nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env = jwt_env(
+        tmp_path_factory.mktemp("redis-rate"),
+        SANIC_CHAT_BUS_URL=require_redis(),
+        SANIC_CHAT_RATE_LIMIT="3/minute",
+    )
+    with server_with(env) as node_a, server_with(env) as node_b:
+        user = new_user()
+        statuses = []
+        for node in (node_a, node_b, node_a, node_b):
+            conversation = httpx.post(
+                f"{node.base_url}/api/v1/conversations", headers=bearer(user), json={}
+            ).json()
+            response = httpx.post(
+                f"{node.base_url}/api/v1/conversations/{conversation['id']}/messages",
+                headers=bearer(user),
+                json={"client_id": str(uuid.uuid4()), "content": "hi"},
+            )
+            statuses.append(response.status_code)
+        assert statuses == [202, 202, 202, 429]
