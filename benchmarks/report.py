@@ -283,3 +283,36 @@ def plot_ttfc_timeline(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def profile_top(raw: str, *, limit: int = 25) -> str:
+    """The hottest frames of a py-spy ``--format raw`` profile (collapsed
+    stacks): own time, then time under each project frame (``sanic_chat/``)."""
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        seen = set()
+        for frame in frames:
+            name = frame.rsplit(":", 1)[0] + ")" if frame.endswith(")") else frame
+            if name not in seen:
+                seen.add(name)
+                under[name] += n
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples (active only)", "", "own time:"]
+    lines += [f"{n / total * 100:5.1f}%  {frame}" for frame, n in own.most_common(limit)]
+    lines += ["", "time under project frames:"]
+    project = [(f, n) for f, n in under.most_common() if "sanic_chat/" in f]
+    lines += [f"{n / total * 100:5.1f}%  {frame}" for frame, n in project[:limit]]
+    return "\n".join(lines) + "\n"

@@ -3,15 +3,18 @@ transports and the HTTP API together. Nothing else imports from all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, file
+from sanic.response import HTTPResponse, file, json
 from sanic_ext import Extend
 
 from .api.conversations import conversations_blueprint
@@ -22,6 +25,7 @@ from .config import Settings
 from .core.ports import Bus, MessageStore
 from .core.service import ChatService, ServiceHooks
 from .core.settings import CoreSettings
+from .logging import bind_request
 from .metrics import Metrics
 from .providers.catalog import ModelCatalog, load_catalog
 from .security import Security
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app"]
 
 WEB_DIR = Path(__file__).parent / "web"
+
+#: at shutdown, time for the connections' writers to send what the drain queued
+_FLUSH_S = 0.2
 
 #: requests that need no user: the page, its assets, health and metrics
 _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static", "/docs", "/favicon")
@@ -49,12 +56,30 @@ async def open_store_for(settings: Settings) -> MessageStore:
     return store
 
 
-def open_bus_for(settings: Settings) -> Bus:
+def open_bus_for(settings: Settings, node_id: str | None = None) -> Bus:
     if settings.bus_url.startswith("memory://"):
         return MemoryBus(tail_ttl_s=settings.tail_ttl_s)
     from .bus.url import open_bus
 
-    return open_bus(settings.bus_url, tail_ttl_s=settings.tail_ttl_s)
+    return open_bus(
+        settings.bus_url,
+        tail_ttl_s=settings.tail_ttl_s,
+        node_id=node_id,
+        prefix=settings.bus_prefix,
+    )
+
+
+def node_id_for(settings: Settings) -> str:
+    """This process's node id: it owns the leases of the replies running here.
+
+    Every worker needs its own (a starting process ends the replies still leased to
+    its id), so under ``--workers N`` Sanic's worker name (stable across restarts of
+    that worker) is appended to ``SANIC_CHAT_NODE_ID``. Without a configured id each
+    process makes a random one, and its orphans are found when their leases lapse.
+    """
+    base = settings.node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    worker = os.environ.get("SANIC_WORKER_NAME")
+    return f"{base}/{worker}" if worker else base
 
 
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
@@ -75,7 +100,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.ctx.settings = settings
     metrics = Metrics()
     app.ctx.metrics = metrics
-    node_id = settings.node_id or uuid.uuid4().hex
+    node_id = node_id_for(settings)
+    app.ctx.node_id = node_id
     authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
     catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
@@ -99,7 +125,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     @app.before_server_start
     async def open_everything(app: Sanic[Any, Any]) -> None:
         store = await open_store_for(settings)
-        bus = open_bus_for(settings)
+        bus = open_bus_for(settings, node_id)
         await bus.start()
         hooks = ServiceHooks(
             first_chunk=metrics.first_chunk_seconds.observe,
@@ -134,9 +160,18 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
 
     @app.before_server_stop
     async def drain(app: Sanic[Any, Any]) -> None:
+        # Sanic runs this after SIGTERM but BEFORE it closes its listening socket,
+        # with every connection still served: new requests are refused by ``enter``
+        # (503) while the running replies stream on. The transports' own
+        # before_server_stop listeners run after this one (reverse order of
+        # registration) and close their connections (WebSocket: 1001).
         service: ChatService | None = getattr(app.ctx, "service", None)
         if service is not None:
+            started = time.monotonic()
             await service.drain(settings.drain_timeout_s)
+            # the last events are queued by now; give the writers a moment to send them
+            await asyncio.sleep(_FLUSH_S)
+            log.info("drained in %.2f s", time.monotonic() - started)
 
     @app.after_server_stop
     async def close_everything(app: Sanic[Any, Any]) -> None:
@@ -147,6 +182,24 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         await service.bus.close()
         await service.store.close()
         await app.ctx.catalog.aclose()
+
+    @app.on_request
+    async def enter(request: Request) -> HTTPResponse | None:
+        bind_request(request)  # request and connection ids for the logs
+        service: ChatService | None = getattr(app.ctx, "service", None)
+        if (
+            service is not None
+            and not service.accepting
+            and not request.path.startswith(_PUBLIC_PREFIXES)
+        ):
+            # draining (SIGTERM): Sanic still accepts connections until the drain
+            # ends; new work is turned away so the load balancer retries elsewhere
+            return json(
+                {"error": {"code": "unavailable", "message": "the server is shutting down"}},
+                status=503,
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+        return None
 
     @app.on_request
     async def identify(request: Request) -> None:

@@ -7,8 +7,11 @@ import asyncio
 import ipaddress
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from .config import ConfigError, Settings
 
@@ -26,15 +29,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from functools import partial
-
-    from sanic import Sanic
-    from sanic.worker.loader import AppLoader
-
+def _served_app(name: str) -> Any:
+    """The app factory of ``serve``, run in every worker process (and once in the
+    main process): the app, with logging set up for this process."""
     from .app import create_app
-    from .providers.catalog import ConfigError as ModelsConfigError
+    from .logging import configure_logging
 
+    settings = Settings.from_env()
+    app = create_app(settings, name=name)
+    # after Sanic configured its loggers, so that JSON reaches theirs too
+    configure_logging(settings.log_format, node_id=app.ctx.node_id)
+    return app
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -62,8 +70,29 @@ def _serve(args: argparse.Namespace) -> int:
             "(SANIC_CHAT_DATABASE_URL=postgresql://...) for real multi-worker deployments",
             file=sys.stderr,
         )
+    metrics_dir: str | None = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before prometheus-client is first imported: every worker writes its metrics
+        # there and /metrics (answered by any one worker) sums them up
+        metrics_dir = tempfile.mkdtemp(prefix="sanic-chat-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        loader = AppLoader(factory=partial(create_app, None, name="sanic_chat"))
+        return _run_server(args, settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_server(args: argparse.Namespace, settings: Settings) -> int:
+    from functools import partial
+
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from .providers.catalog import ConfigError as ModelsConfigError
+
+    try:
+        loader = AppLoader(factory=partial(_served_app, "sanic_chat"))
         app = loader.load()
     except (ConfigError, ModelsConfigError, ValueError) as exc:
         print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
@@ -77,9 +106,11 @@ def _serve(args: argparse.Namespace) -> int:
         motd=False,
     )
     where = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
-    print(
-        f"sanic-chat: serving on {where} (database: {_redact(settings.database_url)})", flush=True
-    )
+    serving = f"serving on {where} (database: {_redact(settings.database_url)})"
+    if settings.log_format == "json":
+        log.info(serving)  # stdout and stderr carry JSON lines only
+    else:
+        print(f"sanic-chat: {serving}", flush=True)
     if args.workers == 1:
         Sanic.serve_single(primary=app)
     else:
@@ -186,13 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .logging import configure_logging
+
     # our own logger only: Sanic configures its loggers itself, and a root
     # handler would print each of their lines twice
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(os.environ.get("SANIC_CHAT_LOG_LEVEL", "INFO"))
-    log.propagate = False
+    log_format = os.environ.get("SANIC_CHAT_LOG_FORMAT", "").strip().lower()
+    configure_logging("json" if log_format == "json" else "text")
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

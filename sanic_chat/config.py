@@ -60,6 +60,8 @@ class Settings:
     database_url: str
     data_dir: Path
     bus_url: str = "memory://"
+    #: namespaces the Redis bus's keys and channels (deployments sharing a Redis differ here)
+    bus_prefix: str = "sanic-chat"
     models_path: str | None = None
     auth: str = "none"
     #: never in a repr: settings may be logged
@@ -141,6 +143,11 @@ class Settings:
                 f"SANIC_CHAT_BUS_URL={bus_url!r} is not supported: use memory:// (one process) "
                 "or redis://host:port/db"
             )
+        bus_prefix = get("BUS_PREFIX", "sanic-chat") or "sanic-chat"
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", bus_prefix):
+            raise ConfigError(
+                f"SANIC_CHAT_BUS_PREFIX={bus_prefix!r}: use letters, digits and . _ : - only"
+            )
         models_path = get("MODELS")
         if models_path is not None and not Path(models_path).expanduser().is_file():
             raise ConfigError(
@@ -201,6 +208,7 @@ class Settings:
             database_url=database_url,
             data_dir=data_dir,
             bus_url=bus_url,
+            bus_prefix=bus_prefix,
             models_path=models_path,
             auth=auth,
             jwt_secret=jwt_secret,

@@ -1,11 +1,30 @@
 """Prometheus metrics (``sanic_chat_*``), one registry per app so that several
-apps in one process (tests) never collide."""
+apps in one process (tests) never collide.
+
+With several workers behind one port a scrape reaches one worker at random, so
+``sanic-chat serve --workers N`` runs prometheus-client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set by the CLI when absent): every worker writes its
+values to files there, and whichever worker answers ``/metrics`` reports the sum
+over all of them (gauges: the live workers' sum).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+
+__all__ = ["Metrics", "multiprocess_dir"]
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory, if prometheus-client runs in multiprocess mode
+    (decided when it is first imported, from the environment)."""
+    if _values.ValueClass is _values.MutexValue:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -13,12 +32,20 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir()
         r = self.registry
         self.connections = Gauge(
-            "sanic_chat_connections", "Open client connections", ["transport"], registry=r
+            "sanic_chat_connections",
+            "Open client connections",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.running_replies = Gauge(
-            "sanic_chat_running_replies", "Replies streaming in this process", registry=r
+            "sanic_chat_running_replies",
+            "Replies streaming in this process (all live workers in multiprocess mode)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.first_chunk_seconds = Histogram(
             "sanic_chat_first_chunk_seconds",
@@ -56,4 +83,18 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+    def process_exited(self) -> None:
+        """Forget this process's live gauges (multiprocess mode): a stopped worker's
+        connections and replies must not count any more."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(os.getpid(), self.multiprocess_dir)

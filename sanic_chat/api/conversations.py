@@ -49,6 +49,8 @@ def _optional_text(body: dict[str, Any], field: str, max_len: int) -> str | None
         return None
     if not isinstance(value, str) or len(value) > max_len:
         raise ValidationFailed(f"{field} must be a string of at most {max_len} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise ValidationFailed(f"{field} must not contain NUL characters")
     return value
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sanic import Blueprint, Request
@@ -13,6 +14,9 @@ from sanic_ext import openapi
 from ..transports.base import TransportContext
 
 __all__ = ["operations_blueprint"]
+
+#: a readiness probe answers within this long, reachable or not
+_PROBE_TIMEOUT_S = 2.0
 
 
 def operations_blueprint(
@@ -32,22 +36,22 @@ def operations_blueprint(
         return json({"status": "ok"})
 
     @bp.get("/readyz")
-    @openapi.summary("Readiness: the database and the bus are reachable")
+    @openapi.summary("Readiness: the database and the bus are reachable, and not draining")
     async def readyz(request: Request) -> HTTPResponse:
         service = context.service
-        checks: dict[str, str] = {}
-        for name, ping in (("database", service.store.ping), ("bus", service.bus.ping)):
-            try:
-                await asyncio.wait_for(ping(), 2.0)
-                checks[name] = "ok"
-            except Exception as exc:
-                checks[name] = f"unreachable: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values()) and service.accepting
-        if not service.accepting:
-            checks["server"] = "draining"
+        names = ("database", "bus")
+        results = await asyncio.gather(
+            *(_probe(ping) for ping in (service.store.ping, service.bus.ping))
+        )
+        checks = dict(zip(names, results, strict=True))
+        # draining: a load balancer stops sending new clients here, while the
+        # replies still running finish on the connections they have
+        checks["server"] = "ok" if service.accepting else "draining"
+        ready = all(v == "ok" for v in checks.values())
         return json(
             {"status": "ok" if ready else "unavailable", "checks": checks},
             status=200 if ready else 503,
+            headers={"Cache-Control": "no-store"},
         )
 
     @bp.get("/metrics")
@@ -56,4 +60,35 @@ def operations_blueprint(
         metrics.running_replies.set(len(context.service.running))
         return raw(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
+    refresher: list[asyncio.Task[None]] = []
+
+    @bp.after_server_start
+    async def start_gauges(app: Any) -> None:
+        if metrics.multiprocess_dir is not None:
+            # a scrape reaches one worker; the others keep their gauge current
+            refresher.append(asyncio.create_task(_refresh_running(context)))
+
+    @bp.after_server_stop
+    async def stop_gauges(app: Any) -> None:
+        for task in refresher:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        refresher.clear()
+        metrics.process_exited()
+
     return bp
+
+
+async def _probe(ping: Callable[[], Awaitable[None]]) -> str:
+    try:
+        await asyncio.wait_for(ping(), _PROBE_TIMEOUT_S)
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _refresh_running(context: TransportContext) -> None:
+    while True:
+        context.metrics.running_replies.set(len(context.service.running))
+        await asyncio.sleep(1.0)

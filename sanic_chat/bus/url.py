@@ -16,8 +16,15 @@ __all__ = ["open_bus"]
 _ACCEPTED = "memory://, redis://host:port/db or rediss://host:port/db"
 
 
-def open_bus(url: str, *, tail_ttl_s: float = 60.0, node_id: str | None = None) -> Bus:
-    """The bus for ``url``; not started yet (call ``await bus.start()``).
+def open_bus(
+    url: str,
+    *,
+    tail_ttl_s: float = 60.0,
+    node_id: str | None = None,
+    prefix: str = "sanic-chat",
+) -> Bus:
+    """The bus for ``url``; not started yet (call ``await bus.start()``). ``prefix``
+    namespaces a Redis bus's keys and channels (ignored by the in-memory bus).
 
     Raises :class:`ValueError` naming the accepted forms if ``url`` is none of them
     (the message never repeats the URL's password).
@@ -38,7 +45,7 @@ def open_bus(url: str, *, tail_ttl_s: float = 60.0, node_id: str | None = None) 
     ):
         from .redis import RedisBus
 
-        return RedisBus(url, tail_ttl_s=tail_ttl_s, node_id=node_id)
+        return RedisBus(url, prefix=prefix, tail_ttl_s=tail_ttl_s, node_id=node_id)
     raise ValueError(f"unsupported bus URL {_redact(url)!r}: use {_ACCEPTED}")
 
 

@@ -10,6 +10,12 @@ Order of effects, which resume relies on:
    store at most every ``checkpoint_interval_s`` (never one write per delta);
 3. the row is finalized in the store, THEN the terminal event is published,
    so anyone who misses the live tail finds the final row in the database.
+
+Outages: while the database is unreachable the reply streams on (checkpoints
+are skipped, the end is stored when it returns). While the bus is unreachable
+the reply keeps reading its provider; what could not be published goes out as
+ONE delta from the last published offset once the bus answers again, so the
+tail never has a gap and followers lose nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ from .records import ErrorInfo, Message, Status, Usage, utcnow
 log = logging.getLogger(__name__)
 
 __all__ = ["Generation"]
+
+#: while the bus is down, publishing is retried after this long, doubling up to the max
+_BUS_MIN_BACKOFF_S = 0.05
+_BUS_MAX_BACKOFF_S = 2.0
+#: the terminal event is retried this many times (about 100 s at the max backoff)
+_TERMINAL_PUBLISH_TRIES = 55
 
 
 class Generation:
@@ -70,6 +82,12 @@ class Generation:
         self._checkpointed_length = 0
         self._checkpoint_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
+        #: what reached the bus: the start, and the text up to this offset
+        self._started_published = False
+        self._published = 0
+        #: while the bus is down: no publish is tried before this (monotonic) time
+        self._bus_retry_at = 0.0
+        self._bus_backoff_s = _BUS_MIN_BACKOFF_S
         self.done = asyncio.Event()
         self.terminal: TerminalEvent | None = None
 
@@ -90,12 +108,7 @@ class Generation:
 
     async def run(self) -> TerminalEvent:
         """Stream the reply to its end and return the terminal event."""
-        await self._bus.publish(
-            self.conversation_id,
-            GenerationStarted(
-                self.id, self.conversation_id, self.id, self.reply.reply_to, self.reply.model
-            ),
-        )
+        await self._publish_pending()
         status: Status = "complete"
         error: ErrorInfo | None = None
         self._stream_task = asyncio.create_task(self._consume())
@@ -134,16 +147,27 @@ class Generation:
         last_checkpoint = time.monotonic()
         publish = self._bus.publish
         conversation_id = self.conversation_id
+        started = self._started_published
         stream = self._provider.stream(self._request)
         try:
             async for chunk in stream:
                 if chunk.text:
                     if self.length == 0 and self._on_first_chunk is not None:
                         self._on_first_chunk(time.monotonic() - self.started_at)
-                    delta = GenerationDelta(self.id, self.length, chunk.text)
+                    offset = self.length
                     self._parts.append(chunk.text)
                     self.length += len(chunk.text)
-                    await publish(conversation_id, delta)
+                    if started and self._published == offset:
+                        try:
+                            await publish(
+                                conversation_id, GenerationDelta(self.id, offset, chunk.text)
+                            )
+                            self._published = self.length
+                        except Unavailable:
+                            self._bus_down()
+                    else:
+                        await self._publish_pending()
+                        started = self._started_published
                     now = time.monotonic()
                     if now - last_checkpoint >= interval:
                         last_checkpoint = now
@@ -218,15 +242,66 @@ class Generation:
             )
         return terminal_event_for(stored, usage=usage)
 
+    def _bus_down(self) -> None:
+        if self._bus_retry_at == 0.0:
+            log.warning(
+                "bus unreachable: %s keeps streaming and publishes when it returns", self.id
+            )
+        self._bus_retry_at = time.monotonic() + self._bus_backoff_s
+        self._bus_backoff_s = min(self._bus_backoff_s * 2, _BUS_MAX_BACKOFF_S)
+
+    async def _publish_pending(self, *, now: bool = False) -> bool:
+        """Publish what has not reached the bus yet -- the start, then the text
+        from the last published offset as one delta -- unless the bus is down and
+        not due for another try (``now`` tries anyway). True when nothing is left."""
+        if not now and time.monotonic() < self._bus_retry_at:
+            return False
+        try:
+            if self._bus_retry_at != 0.0:
+                # back from an outage: wait until this node hears the bus again too
+                # (its pub/sub connection resubscribed), or its own followers would
+                # miss the catch-up delta
+                await self._bus.ping()
+            if not self._started_published:
+                await self._bus.publish(
+                    self.conversation_id,
+                    GenerationStarted(
+                        self.id,
+                        self.conversation_id,
+                        self.id,
+                        self.reply.reply_to,
+                        self.reply.model,
+                    ),
+                )
+                self._started_published = True
+            if self._published < self.length:
+                length = self.length
+                text = self.text[self._published : length]
+                await self._bus.publish(
+                    self.conversation_id, GenerationDelta(self.id, self._published, text)
+                )
+                self._published = max(self._published, length)
+        except Unavailable:
+            self._bus_down()
+            return False
+        if self._bus_retry_at != 0.0:
+            log.info("bus reachable again: %s publishes live", self.id)
+        self._bus_retry_at = 0.0
+        self._bus_backoff_s = _BUS_MIN_BACKOFF_S
+        return self._published >= self.length
+
     async def _publish_terminal(self, terminal: TerminalEvent) -> None:
         delay = 0.05
-        for _ in range(50):
+        for _ in range(_TERMINAL_PUBLISH_TRIES):
             try:
-                await self._bus.publish(self.conversation_id, terminal)
-                return
+                # the text still unpublished goes first: the tail stays gapless
+                if await self._publish_pending(now=True):
+                    await self._bus.publish(self.conversation_id, terminal)
+                    return
             except Unavailable:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BUS_MAX_BACKOFF_S)
         log.error("could not publish the end of %s: bus unreachable", self.id)
 
 

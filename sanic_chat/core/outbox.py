@@ -16,7 +16,10 @@ Invariants, per generation, for everything that leaves through one outbox:
 The queue is bounded by the text it holds (``max_pending_chars``) and the
 number of frames (``max_pending_frames``); past either the outbox overflows:
 ``get`` raises :class:`SlowConsumer` and the transport closes the connection
-with a resumable close code. The client resumes by offset.
+with a resumable close code. The client resumes by offset. The text a resume
+replays at once (:meth:`Outbox.push_replay`) is not counted until it is sent:
+the bound is on falling behind, and a reply longer than the bound must still
+be resumable.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class SlowConsumer(Exception):
 class Outbox:
     __slots__ = (
         "_accepted",
+        "_allowance",
         "_closed",
         "_delivered_upto",
         "_finished",
@@ -57,6 +61,7 @@ class Outbox:
         "_max_frames",
         "_pending_chars",
         "_queue",
+        "_replayed",
         "_started",
         "_wakeup",
         "frames_merged",
@@ -71,6 +76,9 @@ class Outbox:
         self._max_chars = max_pending_chars
         self._max_frames = max_pending_frames
         self._pending_chars = 0
+        #: replayed text still queued, per generation, and in all: not counted
+        self._replayed: dict[str, int] = {}
+        self._allowance = 0
         #: generation id -> end offset of the text already queued or sent
         self._delivered_upto: dict[str, int] = {}
         self._started: set[str] = set()
@@ -81,6 +89,12 @@ class Outbox:
         self.frames_merged = 0
 
     # ------------------------------------------------------------------ producers
+
+    def expect(self, generation_id: str, offset: int) -> None:
+        """The client already has ``offset`` code points of this generation;
+        whatever was delivered beyond that is not delivered again."""
+        current = self._delivered_upto.get(generation_id, 0)
+        self._delivered_upto[generation_id] = max(current, offset)
 
     def rewind(self, generation_id: str, offset: int) -> None:
         """The client has exactly ``offset`` code points of this generation and
@@ -95,6 +109,7 @@ class Outbox:
                 if isinstance(event, GENERATION_TYPES) and event.generation_id == generation_id:
                     if isinstance(event, GenerationDelta):
                         self._pending_chars -= len(event.text)
+                        self._allowance -= self._replayed.pop(generation_id, 0)
                     continue
                 kept.append(event)
             self._queue = kept
@@ -128,6 +143,13 @@ class Outbox:
         else:
             self._append(event)
 
+    def push_replay(self, delta: GenerationDelta) -> None:
+        """Queue the text a resume replays in one go (the live tail or the
+        stored reply from the client's offset): deduplicated like any delta,
+        but not counted against ``max_pending_chars`` until it is sent."""
+        if not self._closed:
+            self._push_delta(delta, replay=True)
+
     def push_answer(self, accepted: MessageAccepted) -> None:
         """Queue the answer to this connection's own ``message.create``: always
         delivered, even for a resend of a message this connection saw before."""
@@ -136,7 +158,7 @@ class Outbox:
         self._accepted.add(accepted.message.id)
         self._append(accepted)
 
-    def _push_delta(self, delta: GenerationDelta) -> None:
+    def _push_delta(self, delta: GenerationDelta, *, replay: bool = False) -> None:
         gid = delta.generation_id
         if gid in self._finished:
             return
@@ -154,6 +176,9 @@ class Outbox:
                 # sees the jump in offsets and resumes -- but make it loud.
                 log.warning("offset gap in generation %s: have %d, got %d", gid, upto, offset)
         self._delivered_upto[gid] = offset + len(text)
+        if replay:
+            self._replayed[gid] = self._replayed.get(gid, 0) + len(text)
+            self._allowance += len(text)
         queue = self._queue
         if queue:
             last = queue[-1]
@@ -179,10 +204,15 @@ class Outbox:
         self._wakeup.set()
 
     def _check_bounds(self) -> None:
-        if self._pending_chars > self._max_chars or len(self._queue) > self._max_frames:
+        if (
+            self._pending_chars - self._allowance > self._max_chars
+            or len(self._queue) > self._max_frames
+        ):
             self.overflowed = True
             self._closed = True
             self._queue.clear()
+            self._replayed.clear()
+            self._pending_chars = self._allowance = 0
             self._wakeup.set()
 
     def close(self) -> None:
@@ -200,6 +230,8 @@ class Outbox:
         event = self._queue.popleft()
         if isinstance(event, GenerationDelta):
             self._pending_chars -= len(event.text)
+            if self._replayed:
+                self._allowance -= self._replayed.pop(event.generation_id, 0)
         return event
 
     async def get(self) -> ServerEvent | None:

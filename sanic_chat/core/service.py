@@ -125,7 +125,17 @@ class ChatService:
         return orphans
 
     async def _keep_leases(self) -> None:
+        """Every ``lease_s / 3``: renew the leases of the replies running here, then
+        end other nodes' orphans. A node that dies is thus found between
+        ``2/3`` and ``4/3`` of ``lease_s`` after its last renewal.
+
+        While the database is unreachable nobody can renew, so when it returns
+        every lease may have lapsed although its node is alive: orphans are swept
+        again only once the store has answered for a whole lease period -- time
+        for every live node to renew its own.
+        """
         lease = self.settings.lease_s
+        sweep_after = 0.0  # monotonic time
         while True:
             await asyncio.sleep(lease / 3)
             try:
@@ -133,24 +143,64 @@ class ChatService:
                     await self.store.renew_leases(
                         self.node_id, list(self.running), utcnow() + timedelta(seconds=lease)
                     )
-                await self.recover_orphans()
+                else:
+                    await self.store.ping()
             except Exception as exc:
                 log.warning("lease upkeep failed: %s", exc)
+                sweep_after = time.monotonic() + lease
+                continue
+            if time.monotonic() < sweep_after:
+                continue
+            try:
+                await self.recover_orphans()
+            except Exception as exc:
+                log.warning("orphan sweep failed: %s", exc)
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking messages, let running replies finish for up to
-        ``timeout_s``, then stop the rest (stored ``interrupted`` with their text)."""
+        ``timeout_s``, then stop the rest (stored ``interrupted`` with their text).
+
+        Returns once every reply that ran here has ended AND its terminal event
+        came back through the bus -- so it is in the queues of this process's
+        connections, and closing them next loses nothing.
+        """
         self.accepting = False
-        pending = [g.done.wait() for g in self.running.values()]
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending), timeout_s)
-        for generation in list(self.running.values()):
-            generation.cancel("interrupted")
-        remaining = [g.done.wait() for g in self.running.values()]
-        if remaining:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*remaining), 10.0)
+        deadline = time.monotonic() + timeout_s
+        ends: dict[str, asyncio.Event] = {}
+        unsubscribes: list[Callable[[], Awaitable[None]]] = []
+        try:
+            # a reply being posted right now joins ``running`` a moment later
+            while self.running and time.monotonic() < deadline:
+                for generation in list(self.running.values()):
+                    if generation.id not in ends:
+                        unsubscribes += await self._hear_end(generation, ends)
+                await _wait_all([g.done for g in self.running.values()], deadline)
+                await asyncio.sleep(0.01)  # an ended reply leaves ``running`` after its done
+            for generation in list(self.running.values()):
+                generation.cancel("interrupted")
+            await _wait_all([g.done for g in self.running.values()], time.monotonic() + 10.0)
+            await _wait_all(list(ends.values()), time.monotonic() + _HEAR_END_S)
+        finally:
+            for unsubscribe in unsubscribes:
+                with contextlib.suppress(Exception):
+                    await unsubscribe()
+
+    async def _hear_end(
+        self, generation: Generation, ends: dict[str, asyncio.Event]
+    ) -> list[Callable[[], Awaitable[None]]]:
+        """Set ``ends[generation.id]`` when its terminal event is heard on the bus
+        (at once if the bus is unreachable: there is nothing to wait for)."""
+        heard = ends[generation.id] = asyncio.Event()
+
+        def listener(event: ServerEvent) -> None:
+            if isinstance(event, TERMINAL_TYPES) and event.generation_id == generation.id:
+                heard.set()
+
+        try:
+            return [await self.bus.subscribe(generation.conversation_id, listener)]
+        except Unavailable:
+            heard.set()
+            return []
 
     async def close(self) -> None:
         if self._lease_task is not None:
@@ -178,6 +228,9 @@ class ChatService:
             raise Unavailable("the server is shutting down; retry with the same client_id")
         model = frame.model or self.models.default
         provider = self.models.get(model)  # ValidationFailed for an unknown model
+        # a message is stored only while its reply can reach the conversation:
+        # with the bus down, nothing is stored and the client retries
+        await self.bus.ping()
         with self._reply_slot(owner, frame.client_id):
             return await self._post(owner, frame, model, provider)
 
@@ -205,7 +258,12 @@ class ChatService:
         if not posted.created:
             return posted, accepted
         assert posted.reply is not None
-        await self.bus.publish(posted.conversation.id, accepted)
+        try:
+            await self.bus.publish(posted.conversation.id, accepted)
+        except Unavailable:
+            # the bus went down since the ping: the message is stored, so its reply
+            # runs (it publishes once the bus is back); other tabs miss this event
+            log.warning("could not announce message %s: bus unreachable", posted.user.id)
         history = await self.store.history(
             posted.conversation.id, before=posted.user, max_chars=self.settings.history_max_chars
         )
@@ -309,12 +367,18 @@ class ChatService:
         outbox: Outbox,
         *,
         conversation_id: str | None = None,
+        restart: bool = True,
     ) -> Callable[[], Awaitable[None]] | None:
         """Deliver a generation into ``outbox`` from ``offset``:
         ``generation.started``, what exists so far as one delta, then live
         deltas, then its terminal event. Returns an unsubscribe for the live
         part (None when it was already finished). With ``conversation_id``
         the generation must belong to that conversation.
+
+        ``restart`` is a client's resume: the client has exactly ``offset``
+        code points, so this connection delivers the generation again from
+        there (:meth:`Outbox.rewind`). Without it (the server catching a
+        connection up on its own) nothing already delivered is sent twice.
 
         The live subscription is opened BEFORE the snapshot is read and its
         events are held back until the snapshot is queued, so nothing published
@@ -328,7 +392,7 @@ class ChatService:
         ):
             raise NotFound("no such generation", ref=generation_id)
         if message.is_final:
-            self._replay_final(message, offset, outbox)
+            self._replay_final(message, offset, outbox, restart)
             return None
 
         held: list[GenerationEvent] | None = []
@@ -361,7 +425,7 @@ class ChatService:
                 if message.is_final:
                     held = None
                     await unsubscribe()
-                    self._replay_final(message, offset, outbox)
+                    self._replay_final(message, offset, outbox, restart)
                     return None
                 started, text = _started_for(message), message.content
                 # the client may hold text that was streamed but not yet
@@ -370,10 +434,10 @@ class ChatService:
             else:
                 started, text, terminal = tail.started, tail.text, tail.terminal
                 _check_offset(offset, len(text), generation_id)
-            outbox.rewind(generation_id, offset)
+            _deliver_from(outbox, generation_id, offset, restart)
             outbox.push(started)
             if len(text) > offset:
-                outbox.push(GenerationDelta(generation_id, offset, text[offset:]))
+                outbox.push_replay(GenerationDelta(generation_id, offset, text[offset:]))
             if terminal is not None:
                 outbox.push(terminal)
                 finished = True
@@ -425,7 +489,7 @@ class ChatService:
                 )
             elif message.role == "assistant":
                 try:
-                    more = await self.follow(owner, message.id, 0, outbox)
+                    more = await self.follow(owner, message.id, 0, outbox, restart=False)
                 except NotFound:  # deleted meanwhile
                     continue
                 if more is not None:
@@ -433,21 +497,41 @@ class ChatService:
         return unsubscribes
 
     @staticmethod
-    def _replay_final(message: Message, offset: int, outbox: Outbox) -> None:
+    def _replay_final(message: Message, offset: int, outbox: Outbox, restart: bool) -> None:
         # an interrupted reply may have streamed more than its last checkpoint:
         # its terminal event carries the text that was kept
         _check_offset(
             offset, len(message.content), message.id, lenient=message.status == "interrupted"
         )
-        outbox.rewind(message.id, offset)
+        _deliver_from(outbox, message.id, offset, restart)
         outbox.push(_started_for(message))
         if len(message.content) > offset:
-            outbox.push(GenerationDelta(message.id, offset, message.content[offset:]))
+            outbox.push_replay(GenerationDelta(message.id, offset, message.content[offset:]))
         outbox.push(terminal_event_for(message))
+
+
+#: at shutdown, how long the ends of the drained replies may take to come back through the bus
+_HEAR_END_S = 2.0
+
+
+async def _wait_all(events: list[asyncio.Event], deadline: float) -> None:
+    """Wait until every event is set, or until ``deadline`` (monotonic)."""
+    pending = [e.wait() for e in events if not e.is_set()]
+    if not pending:
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*pending), max(0.0, deadline - time.monotonic()))
 
 
 #: how many of a conversation's newest messages a conversation resume looks at
 _CATCH_UP_LIMIT = 200
+
+
+def _deliver_from(outbox: Outbox, generation_id: str, offset: int, restart: bool) -> None:
+    if restart:
+        outbox.rewind(generation_id, offset)
+    else:
+        outbox.expect(generation_id, offset)
 
 
 def _started_for(message: Message) -> GenerationStarted:

@@ -107,7 +107,7 @@ class ChatSession:
         self.outbox.push_answer(accepted)
         await self._ensure_subscribed(posted.conversation.id)
         if accepted.generation_id is not None and posted.created:
-            await self._follow(accepted.generation_id, 0)
+            await self._follow(accepted.generation_id, 0, restart=False)
 
     async def _subscribe(self, frame: ConversationSubscribe) -> None:
         if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:
@@ -133,8 +133,10 @@ class ChatSession:
             conversation_id, self.outbox.push
         )
 
-    async def _follow(self, generation_id: str, offset: int) -> None:
-        unsubscribe = await self.service.follow(self.user, generation_id, offset, self.outbox)
+    async def _follow(self, generation_id: str, offset: int, *, restart: bool = True) -> None:
+        unsubscribe = await self.service.follow(
+            self.user, generation_id, offset, self.outbox, restart=restart
+        )
         if unsubscribe is not None:
             self._follows.append(unsubscribe)
 

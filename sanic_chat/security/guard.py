@@ -19,6 +19,7 @@ from .origins import OriginPolicy
 from .ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from .redaction import install_log_redaction
 from .tickets import MemoryTickets, RedisTickets, TicketStore
+from .websocket_frames import install as fail_websockets_on_bad_utf8
 
 __all__ = ["Security"]
 
@@ -74,6 +75,7 @@ class Security:
         context.on_disconnect = self.connections.disconnected
         app.blueprint(self.tickets_blueprint())
         install_log_redaction()
+        fail_websockets_on_bad_utf8()  # a Sanic gap: see websocket_frames.py
 
         @app.before_server_start
         async def start_security(app: Sanic[Any, Any]) -> None:

@@ -31,6 +31,7 @@ class ConnectionLimiter:
         self.reservation_s = reservation_s
         self._active: dict[str, int] = {}
         self._pending: dict[str, deque[float]] = {}
+        self._sweep_at = 1024
 
     def reserve(self, user: str) -> None:
         """Before the upgrade: raise :class:`RateLimited` if ``user`` is at the limit."""
@@ -46,6 +47,14 @@ class ConnectionLimiter:
                 retry_after=1.0,
             )
         self._pending.setdefault(user, deque()).append(now)
+        if len(self._pending) > self._sweep_at:
+            # users whose reservations all lapsed
+            self._pending = {
+                u: times
+                for u, times in self._pending.items()
+                if times and now - times[-1] <= self.reservation_s
+            }
+            self._sweep_at = max(1024, 2 * len(self._pending))
 
     def connected(self, user: str) -> None:
         pending = self._pending.get(user)

@@ -37,6 +37,7 @@ class LocalRateLimiter:
         self.interval = period_s / count
         self.tolerance = period_s - self.interval
         self._tat: dict[str, float] = {}
+        self._sweep_at = 4096
 
     async def start(self) -> None:
         return None
@@ -52,9 +53,11 @@ class LocalRateLimiter:
         if tat - now > self.tolerance:
             return tat - now - self.tolerance
         self._tat[key] = tat + self.interval
-        if len(self._tat) > 4096:
-            # a user whose arrival time has passed is back to a full bucket
+        if len(self._tat) > self._sweep_at:
+            # a user whose arrival time has passed is back to a full bucket;
+            # sweeping only when the table doubled keeps this O(1) amortized
             self._tat = {k: t for k, t in self._tat.items() if t > now}
+            self._sweep_at = max(4096, 2 * len(self._tat))
         return 0.0
 
 

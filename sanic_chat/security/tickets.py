@@ -70,6 +70,7 @@ class MemoryTickets:
         self._tickets: dict[str, tuple[str, float]] = {}
         #: user -> (window start, tickets minted in it)
         self._windows: dict[str, tuple[float, int]] = {}
+        self._sweep_at = 1024
 
     async def start(self) -> None:
         return None
@@ -108,12 +109,13 @@ class MemoryTickets:
             if expires > now:
                 break
             del self._tickets[digest]
-        if len(self._windows) > 1024:
+        if len(self._windows) > self._sweep_at:
             self._windows = {
                 user: window
                 for user, window in self._windows.items()
                 if now - window[0] < self.ttl_s
             }
+            self._sweep_at = max(1024, 2 * len(self._windows))
 
 
 # KEYS: ticket key, per-user window key. ARGV: user, ttl ms, cap.

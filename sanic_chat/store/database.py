@@ -5,14 +5,18 @@ Two backends, one set of models and queries (``models.py``):
 * ``sqlite:///abs/path/chat.db`` (or ``sqlite:///:memory:``): peewee-async's
   ``SqliteDatabase`` over aiosqlite, but with :class:`SqlitePool` instead of
   the stock pool, which opens (and closes) a fresh connection -- a thread and
-  the pragmas -- for every query. Ours keeps a few configured connections.
+  the pragmas -- for every query. Ours keeps a few configured connections and
+  runs each statement in one hop to aiosqlite's thread instead of four.
 * ``postgresql://user:pass@host:port/db`` (or ``postgres://``): peewee-async's
   ``PostgresqlDatabase`` over an aiopg pool. ``?schema=NAME`` puts every table
   in that schema (via the connection's ``search_path``; ``migrate`` creates it),
   which is how tests keep to themselves on a shared database.
 
 Optional query parameters on either: ``pool_size=N`` and ``timeout=SECONDS``
-(connect / acquire bound on PostgreSQL, busy timeout on SQLite).
+(default 5). On PostgreSQL the timeout bounds connecting, waiting for a pooled
+connection and each statement (aiopg applies it to all three); on SQLite it is
+the busy timeout, how long a writer waits for another process's write lock.
+Other PostgreSQL parameters (``sslmode``, ``application_name``) pass through to libpq.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -100,6 +105,13 @@ class DatabaseUrl:
     def in_memory(self) -> bool:
         return self.backend == "sqlite" and self.database == ":memory:"
 
+    @property
+    def connections(self) -> int:
+        """The pool's size. One for ``:memory:``: each connection would be its own database."""
+        if self.in_memory:
+            return 1
+        return self.pool_size or (4 if self.backend == "sqlite" else 10)
+
 
 def _bad(url: str, why: str) -> ValueError:
     shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)  # never echo a password
@@ -121,7 +133,8 @@ def parse_url(url: str, *, schema: str | None = None) -> DatabaseUrl:
         raise _bad(url, "pool_size must be an integer and timeout a number") from None
     if (pool_size is not None and pool_size < 1) or timeout <= 0:
         raise _bad(url, "pool_size and timeout must be positive")
-    schema = schema or query.pop("schema", None) or None
+    url_schema = query.pop("schema", None)
+    schema = schema or url_schema or None
 
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
@@ -157,6 +170,75 @@ def parse_url(url: str, *, schema: str | None = None) -> DatabaseUrl:
 # --------------------------------------------------------------------------- SQLite
 
 
+class _SqliteCursor:
+    """peewee-async's cursor protocol over aiosqlite, in ONE thread hop per
+    statement (an aiosqlite cursor takes four: open, execute, fetch, close).
+
+    The rows are fetched with the statement, so the statement is finished and
+    reset in the worker thread, never left holding a read snapshot.
+    """
+
+    lastrowid = None  # the keys are UUIDs made by the store
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._rows: list[sqlite3.Row] = []
+        self._next = 0
+        self.rowcount = -1
+
+    async def execute(self, sql: str, params: Any = ()) -> None:
+        # Reading total_changes between hops is safe: the pool gives this
+        # connection to one task at a time, and the worker is idle now.
+        before = self._conn.total_changes
+        self._rows = list(await self._conn.execute_fetchall(sql, params))
+        self._next = 0
+        # Counts rows an ON DELETE CASCADE removed too (only ever compared with 0).
+        self.rowcount = self._conn.total_changes - before
+
+    @property
+    def description(self) -> list[tuple[str, None, None, None, None, None, None]] | None:
+        if not self._rows:
+            return None
+        return [(name, None, None, None, None, None, None) for name in self._rows[0].keys()]
+
+    async def fetchone(self) -> sqlite3.Row | None:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    async def fetchmany(self, size: int) -> list[sqlite3.Row]:
+        rows = self._rows[self._next : self._next + size]
+        self._next += len(rows)
+        return rows
+
+    async def fetchall(self) -> list[sqlite3.Row]:
+        rows = self._rows[self._next :]
+        self._next = len(self._rows)
+        return rows
+
+    async def close(self) -> None:
+        self._rows = []
+
+
+class SqliteConnection:
+    """One pooled aiosqlite connection, as peewee-async expects a connection."""
+
+    def __init__(self, raw: aiosqlite.Connection) -> None:
+        self.raw = raw
+
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[_SqliteCursor]:
+        yield _SqliteCursor(self.raw)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
 class SqlitePool:
     """A few persistent aiosqlite connections, each configured once.
 
@@ -170,15 +252,15 @@ class SqlitePool:
         self._path = path
         self._busy_timeout = busy_timeout
         self._slots = asyncio.Semaphore(size)
-        self._idle: list[aiosqlite.Connection] = []
-        self._used: set[aiosqlite.Connection] = set()
+        self._idle: list[SqliteConnection] = []
+        self._used: set[SqliteConnection] = set()
         self.closed = False
 
-    async def _open(self) -> aiosqlite.Connection:
+    async def _open(self) -> SqliteConnection:
         # Fail here, in a plain thread, when the file cannot be opened: aiosqlite's
         # own failed connect leaves its worker thread to report to an event loop
         # that may be closed by then. Connections are opened rarely (they persist).
-        await asyncio.to_thread(self._probe)
+        await asyncio.to_thread(self._prepare)
         # isolation_level=None: autocommit; the store issues BEGIN IMMEDIATE itself.
         conn = await aiosqlite.connect(
             self._path,
@@ -187,10 +269,9 @@ class SqlitePool:
             check_same_thread=False,
         )
         try:
-            # WAL: readers never block the writer; NORMAL: durable against a
-            # process crash (an OS crash may lose the last commits), fsync-light.
+            # WAL (set in _prepare): readers never block the writer; NORMAL: durable
+            # against a process crash (an OS crash may lose the last commits).
             await conn.executescript(
-                "PRAGMA journal_mode=WAL;"
                 "PRAGMA synchronous=NORMAL;"
                 "PRAGMA foreign_keys=ON;"
                 f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)};"
@@ -198,12 +279,32 @@ class SqlitePool:
         except BaseException:
             await conn.close()
             raise
-        return conn
+        # named columns: the cursor adapter derives ``description`` from them
+        conn.row_factory = sqlite3.Row
+        return SqliteConnection(conn)
 
-    def _probe(self) -> None:
-        sqlite3.connect(self._path, timeout=self._busy_timeout).close()
+    def _prepare(self) -> None:
+        """Open the file in a plain thread and switch it to WAL (a persistent mode).
 
-    async def acquire(self) -> aiosqlite.Connection:
+        SQLite answers a journal-mode switch that races another connection with
+        "database is locked" at once, without waiting out the busy timeout, so
+        the switch is retried here until that timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout)
+        try:
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+        finally:
+            conn.close()
+
+    async def acquire(self) -> SqliteConnection:
         if self.closed:
             raise peewee.InterfaceError("the SQLite pool is closed")
         await self._slots.acquire()
@@ -217,7 +318,7 @@ class SqlitePool:
         self._used.add(conn)
         return conn
 
-    async def release(self, conn: aiosqlite.Connection) -> None:
+    async def release(self, conn: SqliteConnection) -> None:
         self._used.discard(conn)
         try:
             if self.closed or conn.in_transaction:
@@ -259,7 +360,7 @@ class _SqlitePoolBackend(PoolBackend):
         return conn  # type: ignore[no-any-return]
 
     async def release(self, conn: ConnectionProtocol) -> None:
-        assert isinstance(conn, aiosqlite.Connection)
+        assert isinstance(conn, SqliteConnection)
         await self._pool().release(conn)
 
     async def close(self) -> None:
@@ -281,12 +382,10 @@ def connect_database(url: DatabaseUrl) -> peewee_async.databases.AioDatabase:
     """Build the peewee-async database for ``url``. No I/O: pools connect lazily,
     so a store can be opened while the database is down (and report Unavailable)."""
     if url.backend == "sqlite":
-        # One connection for :memory: -- each connection would be its own database.
-        size = 1 if url.in_memory else (url.pool_size or 4)
         return _SqliteDatabase(
             url.database,
             returning_clause=True,
-            pool_params={"size": size, "busy_timeout": url.timeout},
+            pool_params={"size": url.connections, "busy_timeout": url.timeout},
         )
     connect: dict[str, Any] = {"host": url.host, "port": url.port, **url.extra}
     if url.user is not None:
@@ -299,6 +398,6 @@ def connect_database(url: DatabaseUrl) -> peewee_async.databases.AioDatabase:
     return peewee_async.PostgresqlDatabase(
         url.database,
         **connect,
-        # aiopg's timeout bounds connecting and waiting for a pooled connection
-        pool_params={"minsize": 1, "maxsize": url.pool_size or 10, "timeout": url.timeout},
+        # aiopg's timeout bounds connecting, waiting for a pooled connection, each statement
+        pool_params={"minsize": 1, "maxsize": url.connections, "timeout": url.timeout},
     )

@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
-from ..core.ports import Posted, new_conversation_id
+from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Status, Usage, utcnow
 
 __all__ = ["MemoryMessageStore"]
@@ -267,6 +268,8 @@ class MemoryMessageStore:
             raise NotFound("message not found")
         if message.status != "streaming":
             return message
+        if usage is not None and usage.input_tokens is None and usage.output_tokens is None:
+            usage = None  # as the SQL store reads back two NULL columns
         message = replace(
             message,
             content=content,
@@ -318,3 +321,7 @@ class MemoryMessageStore:
 
     async def close(self) -> None:
         self._closed = True
+
+
+if TYPE_CHECKING:
+    _conforms: type[MessageStore] = MemoryMessageStore  # mypy checks it against the port

@@ -27,16 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import peewee
 from peewee_async.databases import AioDatabase
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
-from ..core.ports import Posted, new_conversation_id
+from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage, utcnow
 from .database import connect_database, parse_url, unavailable_on_failure
 from .memory import REPLY_AFTER
@@ -100,6 +100,21 @@ def _before(created_at: datetime, message_id: str, *, inclusive: bool = False) -
     return (MessageRow.created_at < created_at) | (same_moment & tie)
 
 
+@contextlib.contextmanager
+def _stale_poll_is_unavailable() -> Iterator[None]:
+    """Pool recovery after an outage, on uvloop (Sanic's event loop): a connection
+    that died unclosed leaves uvloop watching its descriptor number, and aiopg's
+    next connect that gets the same number fails with ``RuntimeError(... the
+    handler is closed)`` instead of a driver error. It means what a refused
+    connect means -- unreachable right now -- and a later attempt gets through."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "handler is closed" not in str(exc):
+            raise
+        raise Unavailable() from exc
+
+
 @dataclass(slots=True)
 class _Transaction:
     #: set to end the transaction with ROLLBACK instead of COMMIT, without an error
@@ -109,13 +124,25 @@ class _Transaction:
 class SqlMessageStore:
     """A :class:`~sanic_chat.core.ports.MessageStore` on SQLite or PostgreSQL."""
 
-    def __init__(self, database: AioDatabase, *, backend: str, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        database: AioDatabase,
+        *,
+        backend: str,
+        connections: int,
+        schema: str | None = None,
+    ) -> None:
         self._db = database
         self.backend = backend
         #: the PostgreSQL schema holding the tables (None: the default search_path)
         self.schema = schema
         self._sqlite = backend == "sqlite"
         self._write_lock = asyncio.Lock()
+        # A FIFO queue in front of the pool, as large as the pool. aiopg's pool
+        # lets a task that just released a connection take it straight back
+        # ahead of the waiters, which starved some posts for seconds under load;
+        # with this, the pool never has waiters and the queue here is fair.
+        self._connections = asyncio.Semaphore(connections)
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -123,14 +150,15 @@ class SqlMessageStore:
     @contextlib.asynccontextmanager
     async def _session(self, *, write: bool) -> AsyncIterator[None]:
         """One pooled connection for the block (nested queries reuse it), with
-        every connectivity failure translated. SQLite writers take the write
-        lock BEFORE a connection, never the other way round: no lock cycle."""
+        every connectivity failure translated. Always in the same order -- the
+        SQLite write lock, a connection slot, the connection -- so no cycle."""
         if self._closed:
             raise Unavailable("the store is closed")
-        with unavailable_on_failure():
+        with unavailable_on_failure(), _stale_poll_is_unavailable():
             async with contextlib.AsyncExitStack() as stack:
                 if write and self._sqlite:
                     await stack.enter_async_context(self._write_lock)
+                await stack.enter_async_context(self._connections)
                 await stack.enter_async_context(self._db.aio_connection())
                 yield
 
@@ -544,4 +572,13 @@ async def open_store(url: str, *, schema: str | None = None) -> SqlMessageStore:
     URL raises :class:`ValueError` that lists the accepted forms.
     """
     parsed = parse_url(url, schema=schema)
-    return SqlMessageStore(connect_database(parsed), backend=parsed.backend, schema=parsed.schema)
+    return SqlMessageStore(
+        connect_database(parsed),
+        backend=parsed.backend,
+        connections=parsed.connections,
+        schema=parsed.schema,
+    )
+
+
+if TYPE_CHECKING:
+    _conforms: type[MessageStore] = SqlMessageStore  # mypy checks it against the port

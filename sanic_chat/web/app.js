@@ -188,6 +188,12 @@ async function loadOlder() {
 
 /** Put a stored message in the thread (in time order), or refresh its item. */
 function insertMessage(m) {
+  const pending = m.client_id && view.byClient.get(m.client_id);
+  if (pending) {
+    // this page sent it and has not heard back yet (history came first)
+    markSent(pending, m);
+    return pending;
+  }
   const existing = view.byId.get(m.id);
   if (existing) {
     if (m.role !== "assistant" || existing.dataset.status !== "streaming") return existing;
@@ -235,6 +241,16 @@ function messageItem(role, id) {
     bubble.setAttribute("aria-busy", "true");
   }
   return li;
+}
+
+/** A message this page sent is stored: it gets its id. */
+function markSent(li, message) {
+  view.byClient.delete(li.dataset.clientId);
+  li.classList.remove("sending");
+  li.dataset.id = message.id;
+  li.dataset.created = message.created_at || "";
+  li.querySelector(".meta").replaceChildren();
+  view.byId.set(message.id, li);
 }
 
 function placeByTime(li) {
@@ -509,12 +525,7 @@ client.addEventListener("message", ({ detail }) => {
   if (conversationId !== view.conversationId) return;
   const pending = view.byClient.get(clientId);
   if (pending) {
-    view.byClient.delete(clientId);
-    pending.classList.remove("sending");
-    pending.dataset.id = message.id;
-    pending.dataset.created = message.created_at || "";
-    pending.querySelector(".meta").replaceChildren();
-    view.byId.set(message.id, pending);
+    markSent(pending, message);
   } else {
     insertMessage(message);
     if (nearBottom()) scrollToBottom();

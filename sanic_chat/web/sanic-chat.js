@@ -198,8 +198,12 @@ export class ChatClient extends EventTarget {
     /** client_id -> pending send, in sending order */
     this._pending = new Map();
 
-    this._onOnline = () => this.reconnectNow();
+    this._onOnline = () => (this.state === "open" ? this._probe() : this.reconnectNow());
     this._onOffline = () => this._goOffline();
+    // a tab back from the background may hold a socket that died meanwhile
+    this._onVisible = () => {
+      if (document.visibilityState === "visible") this._probe();
+    };
   }
 
   // ---------------------------------------------------------------- public API
@@ -210,6 +214,7 @@ export class ChatClient extends EventTarget {
     this._started = true;
     addEventListener("online", this._onOnline);
     addEventListener("offline", this._onOffline);
+    globalThis.document?.addEventListener("visibilitychange", this._onVisible);
     this._open();
   }
 
@@ -218,6 +223,7 @@ export class ChatClient extends EventTarget {
     this._started = false;
     removeEventListener("online", this._onOnline);
     removeEventListener("offline", this._onOffline);
+    globalThis.document?.removeEventListener("visibilitychange", this._onVisible);
     this._dropTransport();
     for (const p of this._pending.values()) {
       p.reject(new ChatError("closed", "the client was closed before the server acknowledged"));
@@ -479,7 +485,9 @@ export class ChatClient extends EventTarget {
     // open is not enough: a proxy may accept the upgrade and pass nothing.
     // The connection counts once the server has answered the first ping.
     this._timers.open = setTimeout(() => {
-      if (seq === this._seq && !verified) ws.close(CLOSE_RESYNC, "no answer");
+      if (seq !== this._seq || verified) return;
+      detach(ws, "no answer");
+      this._wsFailed(seq);
     }, this.options.openTimeoutMs);
     ws.onopen = () => {
       if (seq === this._seq) ws.send(JSON.stringify({ type: "ping" }));
@@ -735,15 +743,28 @@ export class ChatClient extends EventTarget {
   _startPing(seq) {
     this._clearTimer("ping");
     this._pingSentAt = 0;
-    this._timers.ping = setInterval(() => {
-      if (seq !== this._seq || !this._ws) return;
-      if (this._pingSentAt && performance.now() - this._pingSentAt > this.options.pongTimeoutMs) {
-        this._ws.close(CLOSE_RESYNC, "no pong"); // a half-open connection: start over
-        return;
-      }
-      if (!this._pingSentAt) this._pingSentAt = performance.now();
-      this._sendFrame({ type: "ping" });
-    }, this.options.pingIntervalMs);
+    this._timers.ping = setInterval(() => this._probe(), this.options.pingIntervalMs);
+  }
+
+  /** Application ping: keeps proxies from closing an idle socket, and finds a
+   * half-open one (no answer within pongTimeoutMs: reconnect and resume). Any
+   * frame from the server counts as the answer. */
+  _probe() {
+    if (!this._ws || this.transport !== "websocket" || this._pingSentAt) return;
+    const seq = this._seq;
+    this._pingSentAt = performance.now();
+    this._sendFrame({ type: "ping" });
+    setTimeout(() => {
+      if (seq === this._seq && this._pingSentAt && this._ws) this._abandonWebSocket("no pong");
+    }, this.options.pongTimeoutMs);
+  }
+
+  /** Give up on the socket now (a dead one may take long to report its close)
+   * and reconnect at once, resuming by offset. */
+  _abandonWebSocket(reason) {
+    detach(this._ws, reason);
+    this._ws = null;
+    this._scheduleReconnect({ code: CLOSE_RESYNC });
   }
 
   _sendFrame(frame) {
@@ -999,9 +1020,10 @@ export class ChatClient extends EventTarget {
     }
     const detail = { clientId: frame.client_id, conversationId, message: frame.message, generationId, own: !!p };
     if (p) p.resolve(detail);
-    if (this._seenMessages.has(frame.message.id)) return;
+    const seen = this._seenMessages.has(frame.message.id);
     this._seenMessages.add(frame.message.id);
-    this._emit("message", detail);
+    // once per message; one's own always (the app may hold it as "sending")
+    if (p || !seen) this._emit("message", detail);
   }
 
   _gen(generationId, conversationId = null) {
@@ -1090,7 +1112,7 @@ export class ChatClient extends EventTarget {
   }
 
   _resyncConnection() {
-    if (this._ws) this._ws.close(CLOSE_RESYNC, "offset gap");
+    if (this._ws) this._abandonWebSocket("offset gap");
     else if (this._es) {
       this._closeEventSource();
       this._scheduleReconnect({ code: CLOSE_RESYNC });
@@ -1111,6 +1133,17 @@ class BoundedSet {
   }
   has(value) {
     return this.items.has(value);
+  }
+}
+
+/** Close a socket and ignore whatever it still reports. */
+function detach(ws, reason) {
+  if (!ws) return;
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  try {
+    ws.close(CLOSE_RESYNC, reason);
+  } catch {
+    /* already closed */
   }
 }
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_chromium
-from tests.server import RunningServer, run_server
+from tests.server import RunningServer, free_port, run_server
 
 pytestmark = pytest.mark.browser
 
@@ -171,6 +171,19 @@ def rendered_reply(page: Any, reply_id: str) -> str:
     return str(locator.locator(".md").inner_text())
 
 
+def page_weight(requests: list[Any]) -> dict[str, Any]:
+    """Requests and bytes (headers + bodies, as transferred) of a page load."""
+    total = 0
+    files: dict[str, int] = {}
+    for request in requests:
+        sizes = request.sizes()
+        size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
+        total += size
+        files[re.sub(r"^https?://[^/]+", "", request.url)] = sizes["responseBodySize"]
+    static = sum(v for k, v in files.items() if k == "/" or k.startswith("/static/"))
+    return {"requests": len(requests), "bytes": total, "static_body_bytes": static, "files": files}
+
+
 # ------------------------------------------------------------------ tests
 
 
@@ -218,25 +231,37 @@ def test_a_typed_message_streams_a_reply_into_the_page(
     metrics["enter_to_first_token_ms"] = round(timing["token"] - timing["enter"], 1)
     metrics["enter_to_first_paint_ms"] = round(timing["painted"] - timing["enter"], 1)
     metrics["demo_model_ttft_ms"] = 100
+    # and in an existing conversation (no conversation to create first)
+    page.evaluate("window.__timing = {}")
+    page.evaluate(
+        """() => {
+            const m = window.__timing;
+            document.getElementById('input').addEventListener('keydown', (e) => {
+                if (e.key === 'Enter' && !m.enter) m.enter = performance.now();
+            }, { capture: true });
+            const before = document.querySelectorAll('.msg.assistant').length;
+            new MutationObserver(() => {
+                const md = document.querySelectorAll('.msg.assistant .md')[before];
+                if (!m.token && md && md.textContent.length) m.token = performance.now();
+            }).observe(document.getElementById('list'), { subtree: true, childList: true, characterData: true });
+        }"""
+    )
+    send(page, "and a second question")
+    page.locator(".msg.assistant").nth(1).wait_for()
+    reply = final_reply(server, conv_id)
+    assert rendered_reply(page, reply["id"]) == reply["content"]
+    timing = page.evaluate("window.__timing")
+    metrics["enter_to_first_token_ms_existing_conversation"] = round(
+        timing["token"] - timing["enter"], 1
+    )
     # the new conversation is in the sidebar, titled after the first message
-    assert page.locator(f'#conversations li[data-id="{conv_id}"]').inner_text().startswith(
-        "tell me about rivers"
+    assert (
+        page.locator(f'#conversations li[data-id="{conv_id}"]')
+        .inner_text()
+        .startswith("tell me about rivers")
     )
     shot(page, "03-complete")
     assert page.js_errors == []
-
-
-def page_weight(requests: list[Any]) -> dict[str, Any]:
-    """Requests and bytes (headers + bodies, as transferred) of a page load."""
-    total = 0
-    files: dict[str, int] = {}
-    for request in requests:
-        sizes = request.sizes()
-        size = sizes["responseBodySize"] + sizes["responseHeadersSize"]
-        total += size
-        files[re.sub(r"^https?://[^/]+", "", request.url)] = sizes["responseBodySize"]
-    static = sum(v for k, v in files.items() if k == "/" or k.startswith("/static/"))
-    return {"requests": len(requests), "bytes": total, "static_body_bytes": static, "files": files}
 
 
 def test_a_reload_mid_reply_shows_the_whole_reply_once(context: Any, server: RunningServer) -> None:
@@ -251,14 +276,18 @@ def test_a_reload_mid_reply_shows_the_whole_reply_once(context: Any, server: Run
     shot(page, "04-after-reload-streaming")
     reply = final_reply(server, conv_id)
     assert reply["status"] == "complete"
-    assert re.search("[\U0001f300-\U0001faff]", reply["content"]), "the prompt should yield an emoji"
+    assert re.search("[\U0001f300-\U0001faff]", reply["content"]), (
+        "the prompt should yield an emoji"
+    )
     assert rendered_reply(page, reply["id"]) == reply["content"]
     assert page.locator(".msg.assistant").count() == 1
     assert page.locator(".msg.user").count() == 1
     assert page.js_errors == []
 
 
-def test_two_tabs_on_one_conversation_both_stream_the_reply(context: Any, server: RunningServer) -> None:
+def test_two_tabs_on_one_conversation_both_stream_the_reply(
+    context: Any, server: RunningServer
+) -> None:
     first = open_page(context, server)
     send(first, "open a conversation for two tabs")
     conv_id = conversation_id(first)
@@ -279,7 +308,9 @@ def test_two_tabs_on_one_conversation_both_stream_the_reply(context: Any, server
     assert first.locator(".msg").count() == second.locator(".msg").count() == 4
 
 
-def test_stop_ends_the_reply_and_keeps_what_was_written(context: Any, server: RunningServer) -> None:
+def test_stop_ends_the_reply_and_keeps_what_was_written(
+    context: Any, server: RunningServer
+) -> None:
     page = open_page(context, server)
     send(page, "a reply to be stopped", model="slow")
     conv_id = conversation_id(page)
@@ -295,7 +326,70 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(context: Any, server: Ru
     shot(page, "06-stopped")
 
 
-def test_a_provider_failure_shows_on_the_reply_with_a_retry(context: Any, server: RunningServer) -> None:
+def test_cut_connections_lose_no_message_and_no_text(context: Any, server: RunningServer) -> None:
+    """A proxy between page and server cuts the first connection right after
+    forwarding ``message.create`` (the acknowledgement is lost: the page must
+    re-send with the same client_id) and the second one mid-reply (the page
+    must resume by offset). Later ones pass everything."""
+    connections: list[dict[str, Any]] = []
+
+    def proxy(ws: Any) -> None:
+        number = len(connections) + 1
+        state: dict[str, Any] = {"cut": False, "deltas": 0, "frames": []}
+        connections.append(state)
+        upstream = ws.connect_to_server()
+
+        def cut() -> None:
+            state["cut"] = True
+            ws.close(code=4000, reason="cut by the test proxy")
+            upstream.close()
+
+        def from_page(message: str | bytes) -> None:
+            state["frames"].append(message)
+            if not state["cut"]:
+                upstream.send(message)
+                if number == 1 and '"message.create"' in str(message):
+                    cut()
+
+        def from_server(message: str | bytes) -> None:
+            if state["cut"]:
+                return
+            ws.send(message)
+            if number == 2 and '"generation.delta"' in str(message):
+                state["deltas"] += 1
+                if state["deltas"] == 5:
+                    cut()
+
+        ws.on_message(from_page)
+        upstream.on_message(from_server)
+
+    context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    page = open_page(context, server)
+    send(page, EMOJI_PROMPT, model="slow")
+    conv_id = conversation_id(page)
+    # wait inside Playwright: the proxy's handlers only run during its calls
+    page.locator('.msg.assistant[data-status="complete"]').wait_for()
+    reply = final_reply(server, conv_id)
+    assert len(connections) >= 3
+    assert connections[1]["deltas"] == 5, "the second connection was cut mid-reply"
+    created = [
+        json.loads(f) for c in connections for f in c["frames"] if '"message.create"' in str(f)
+    ]
+    assert len(created) == 2 and created[0]["client_id"] == created[1]["client_id"]
+    resumed = [
+        json.loads(f) for f in connections[2]["frames"] if '"conversation.subscribe"' in str(f)
+    ]
+    assert any(f.get("generation_id") == reply["id"] and f.get("offset", 0) > 0 for f in resumed)
+    assert rendered_reply(page, reply["id"]) == reply["content"]
+    stored = stored_messages(server, conv_id)
+    assert [m["role"] for m in stored] == ["user", "assistant"]  # stored once
+    assert page.locator(".msg").count() == 2
+    assert page.js_errors == []
+
+
+def test_a_provider_failure_shows_on_the_reply_with_a_retry(
+    context: Any, server: RunningServer
+) -> None:
     page = open_page(context, server)
     send(page, "this model has no upstream", model="broken")
     conv_id = conversation_id(page)
@@ -314,7 +408,9 @@ def test_a_provider_failure_shows_on_the_reply_with_a_retry(context: Any, server
     assert users == ["this model has no upstream"] * 2
 
 
-def test_with_websocket_blocked_the_chat_works_over_sse(context: Any, server: RunningServer) -> None:
+def test_with_websocket_blocked_the_chat_works_over_sse(
+    context: Any, server: RunningServer
+) -> None:
     # a proxy that accepts the upgrade and closes it, every time
     context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), lambda ws: ws.close())
     page = open_page(context, server)
@@ -371,14 +467,64 @@ def test_offline_shows_and_a_message_written_offline_is_sent_on_return(
     assert page.locator(".msg.user.sending").count() == 0
 
 
+def test_after_a_server_restart_the_page_reconnects_and_chats_on(
+    context: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    port = free_port()
+    env = {"SANIC_CHAT_MODELS": server.env["SANIC_CHAT_MODELS"]}
+    with run_server(env, port=port, data_dir=str(tmp_path)) as first_run:
+        page = open_page(context, first_run)
+        page.evaluate(
+            """() => {
+                window.__delays = [];
+                window.sanicChat.client.addEventListener('status', (e) => {
+                    if (e.detail.retryInMs !== undefined) window.__delays.push(e.detail.retryInMs);
+                });
+            }"""
+        )
+        send(page, "before the restart")
+        conv_id = conversation_id(page)
+        final_reply(first_run, conv_id)
+        page.locator('.msg.assistant[data-status="complete"]').wait_for()
+        first_run.stop()
+        page.wait_for_selector('#conn[data-state="reconnecting"]')
+        assert "Reconnecting" in page.locator("#banner").inner_text()
+        shot(page, "09-reconnecting")
+    with run_server(env, port=port, data_dir=str(tmp_path)) as second_run:
+        # found again by backoff alone (the browser never went offline)
+        page.wait_for_selector(
+            '#conn[data-state="open"][data-transport="websocket"]', timeout=20_000
+        )
+        assert page.locator("#banner").is_hidden()
+        delays = page.evaluate("window.__delays")
+        assert len(delays) >= 2 and delays[-1] > delays[0], delays  # backing off
+        send(page, "after the restart")
+        page.locator(".msg.assistant").nth(1).wait_for()
+        reply = final_reply(second_run, conv_id)
+        assert rendered_reply(page, reply["id"]) == reply["content"]
+        assert page.locator(".msg").count() == 4
+
+
 HOSTILE = (
     "<script>window.__xss=1</script> <img src=x onerror=window.__xss=2> "
     "<svg/onload=window.__xss=3> [click](javascript:window.__xss=4)"
 )
 
 
-def test_html_in_user_and_model_text_is_shown_as_text(context: Any, server: RunningServer) -> None:
-    page = open_page(context, server)
+@pytest.fixture
+def context_without_csp(browser: Any) -> Iterator[Any]:
+    """The page's Content-Security-Policy would stop inline handlers even if
+    the renderer let one through: switch it off to test the renderer alone."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context
+    context.close()
+
+
+def test_html_in_user_and_model_text_is_shown_as_text(
+    context_without_csp: Any, server: RunningServer
+) -> None:
+    page = open_page(context_without_csp, server)
     send(page, HOSTILE)
     conv_id = conversation_id(page)
     reply = final_reply(server, conv_id)
@@ -422,8 +568,7 @@ def test_html_in_user_and_model_text_is_shown_as_text(context: Any, server: Runn
             return out;
         }"""
     )
-    allowed = {"a", "br", "button", "code", "div", "h1", "p", "pre", "span", "strong",
-               "table", "tbody", "td", "th", "thead", "tr"}  # fmt: skip
+    allowed = set("a br button code div h1 p pre span strong table tbody td th thead tr".split())
     assert set(result["tags"]) <= allowed, result["tags"]
     assert result["links"] == ["https://example.com/x?q=1", "https://example.com/t.png"]
     assert "<script>window.__xss=8</script>" in result["text"]
@@ -505,9 +650,11 @@ def test_with_jwt_auth_the_page_asks_for_a_token_and_sends_it(
     authorized: list[str] = []
     page.on(
         "request",
-        lambda r: authorized.append(r.url)
-        if (r.headers.get("authorization") or "").startswith("Bearer ")
-        else None,
+        lambda r: (
+            authorized.append(r.url)
+            if (r.headers.get("authorization") or "").startswith("Bearer ")
+            else None
+        ),
     )
     page.goto(jwt_server.base_url + "/")
     page.locator("#token-dialog[open]").wait_for()
@@ -520,7 +667,8 @@ def test_with_jwt_auth_the_page_asks_for_a_token_and_sends_it(
     assert page.evaluate("sessionStorage.getItem('sanic-chat.token')")
     # the page streams only with a ticket (browsers cannot put headers on /ws or SSE)
     tickets = httpx.post(
-        f"{jwt_server.base_url}/api/v1/tickets", headers={"Authorization": f"Bearer {mint('alice')}"}
+        f"{jwt_server.base_url}/api/v1/tickets",
+        headers={"Authorization": f"Bearer {mint('alice')}"},
     )
     if tickets.status_code == 404:
         pytest.skip("POST /api/v1/tickets is not on this server yet: streaming needs it")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,11 +17,10 @@ from tests.server import RunningServer
 from tests.transports.support import (
     BACKENDS,
     Reassembly,
-    chat_server,
-    database,
     http_client,
     new_conversation,
     post_message,
+    shared_server,
     sse_stream,
     stored_message,
     wait_stored_final,
@@ -31,11 +29,8 @@ from tests.transports.support import (
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    with database(request.param, tmp_path_factory.mktemp("db")) as db, chat_server(db) as running:
-        yield running
+def server(request: pytest.FixtureRequest) -> RunningServer:
+    return shared_server(request, request.param)
 
 
 def report(name: str, seconds: float) -> None:

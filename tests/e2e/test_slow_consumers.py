@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
@@ -24,29 +23,28 @@ from tests.server import RunningServer
 from tests.transports.support import (
     BACKENDS,
     Reassembly,
-    SseStream,
     chat_server,
     database,
     http_client,
     new_conversation,
     post_message,
+    raw_sse_stream,
     rss_kib,
+    shared_server,
     stored_message,
     wait_stored_final,
     ws_client,
 )
 
 TOKENS = 8000
-STALL_S = 3.0
+STALL_S = 2.0
 SMALL_BUFFER = 4096
+SMALL_SEGMENT = 1024
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    with database(request.param, tmp_path_factory.mktemp("db")) as db, chat_server(db) as running:
-        yield running
+def server(request: pytest.FixtureRequest) -> RunningServer:
+    return shared_server(request, request.param)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -68,16 +66,12 @@ def stalled_socket(server: RunningServer) -> socket.socket:
     url = urlsplit(server.base_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    # a small segment size keeps the server's send buffer small too (Linux
+    # sizes it from the segment size: ~2.6 MB for loopback's 64 KiB segments)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SMALL_SEGMENT)
     sock.connect((url.hostname, url.port))
     sock.setblocking(False)
     return sock
-
-
-def stalled_http_client(server: RunningServer) -> httpx.AsyncClient:
-    transport = httpx.AsyncHTTPTransport(
-        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)]
-    )
-    return httpx.AsyncClient(base_url=server.base_url, transport=transport, timeout=30.0)
 
 
 def report(what: str, **numbers: object) -> None:
@@ -115,7 +109,7 @@ async def test_a_websocket_reader_that_stalls_gets_every_code_point_in_fewer_fra
     assert stored["usage"]["output_tokens"] == TOKENS
     assert text.deltas < TOKENS  # merged while the reader stalled
     report(
-        "WebSocket reader stalled 3 s during an 8,000-token reply",
+        "WebSocket reader stalled 2 s during an 8,000-token reply",
         tokens=TOKENS,
         delta_frames=text.deltas,
         frames=frames,
@@ -129,30 +123,32 @@ async def test_an_sse_reader_that_stalls_gets_every_code_point_in_fewer_events(
     server: RunningServer,
 ) -> None:
     pid = server.process.pid
-    async with http_client(server) as client, stalled_http_client(server) as stalled:
+    async with http_client(server) as client:
         conversation_id = await new_conversation(client)
-        posted = (await post_message(client, conversation_id, "firehose", model="firehose")).json()
-        generation_id = posted["generation_id"]
-        rss_before = rss_kib(pid)
-        async with stalled.stream("GET", f"/api/v1/generations/{generation_id}/events") as response:
-            await asyncio.sleep(STALL_S)
+        path = f"/api/v1/conversations/{conversation_id}/events"
+        async with raw_sse_stream(stalled_socket(server), path) as sse:
+            assert (await sse.next()) is not None  # the opening comment
+            posted = await post_message(client, conversation_id, "firehose", model="firehose")
+            generation_id = posted.json()["generation_id"]
+            rss_before = rss_kib(pid)
+            await asyncio.sleep(STALL_S)  # not reading; the reply runs to its end meanwhile
             stored = await wait_stored_final(client, conversation_id, generation_id)
             rss_stalled = rss_kib(pid)
-            sse = SseStream(response)
-            text = Reassembly(generation_id)
-            while (data := await sse.next_data()) is not None:
-                text.add(data)
-            wire_bytes = response.num_bytes_downloaded
-        rss_after = rss_kib(pid)
+            terminal = await sse.until_terminal(generation_id)
+            rss_after = rss_kib(pid)
+    text = Reassembly(generation_id)
+    for event in sse.received:
+        if event.data is not None:
+            text.add(event.data)
     assert stored["status"] == "complete"
-    assert text.text == stored["content"]
+    assert text.text == stored["content"] == terminal["message"]["content"]
     assert text.deltas < TOKENS
     report(
-        "SSE reader stalled 3 s during an 8,000-token reply",
+        "SSE reader stalled 2 s during an 8,000-token reply",
         tokens=TOKENS,
         delta_events=text.deltas,
         events=len([e for e in sse.received if e.data is not None]),
-        wire_bytes=wire_bytes,
+        body_bytes=sse.body_bytes,
         code_points=len(text.text),
         server_rss_kib=f"{rss_before}->{rss_stalled}->{rss_after}",
     )
@@ -198,11 +194,10 @@ async def test_an_sse_reader_too_far_behind_loses_its_stream_and_resumes_with_la
     tight_server: RunningServer,
 ) -> None:
     server = tight_server
-    async with http_client(server) as client, stalled_http_client(server) as stalled:
+    async with http_client(server) as client:
         conversation_id = await new_conversation(client)
         path = f"/api/v1/conversations/{conversation_id}/events"
-        async with stalled.stream("GET", path) as response:
-            sse = SseStream(response)
+        async with raw_sse_stream(stalled_socket(server), path) as sse:
             assert (await sse.next()) is not None  # the opening comment
             posted = await post_message(client, conversation_id, "firehose", model="firehose")
             generation_id = posted.json()["generation_id"]
@@ -213,15 +208,14 @@ async def test_an_sse_reader_too_far_behind_loses_its_stream_and_resumes_with_la
                 assert data["type"] != "generation.completed"
         # the stream ended early; the client reconnects with the last id it saw
         assert sse.last_id == f"{generation_id}:{text.end}"
-        async with stalled.stream("GET", path, headers={"Last-Event-ID": sse.last_id}) as again:
-            assert again.status_code == 200
-            resumed = SseStream(again)
-            while (data := await resumed.next_data()) is not None:
-                text.add(data)
-                if data["type"] == "generation.completed":
-                    break
+        headers = {"Last-Event-ID": sse.last_id}
+        async with raw_sse_stream(stalled_socket(server), path, headers) as again:
+            terminal = await again.until_terminal(generation_id)
+        for event in again.received:
+            if event.data is not None:
+                text.add(event.data)
         stored = await stored_message(client, conversation_id, generation_id)
         assert stored["status"] == "complete"
-        assert text.text == stored["content"]
+        assert text.text == stored["content"] == terminal["message"]["content"]
         metrics = (await client.get("/metrics")).text
         assert 'sanic_chat_slow_consumers_dropped_total{transport="sse"}' in metrics

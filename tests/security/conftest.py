@@ -1,5 +1,6 @@
 """The shared JWT server most security tests use: HS256, SQLite, quick demo
-models, access log on (so the logs tests see every request line), tickets
+models, access log on and DEBUG logging (so the logs tests see every line
+there is), tickets
 that live 2 s (so expiry is quick to see)."""
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         tmp_path_factory.mktemp("jwt"),
         SANIC_CHAT_TICKET_TTL_S="2",
         SANIC_CHAT_RATE_LIMIT="600/minute",
+        SANIC_CHAT_LOG_LEVEL="DEBUG",  # content must stay out even at DEBUG
     )
     with server_with(env, args=("--access-log",)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """No authentication: everyone is ``local``."""
+    env = jwt_env(tmp_path_factory.mktemp("open"), SANIC_CHAT_AUTH="none")
+    with server_with(env) as running:
         yield running

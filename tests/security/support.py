@@ -153,6 +153,7 @@ async def ws_connect(
         origin=origin,  # type: ignore[arg-type]
         max_size=max_size,
         open_timeout=10,
+        max_queue=None,  # a test that stops reading must still see the close handshake
     ) as ws:
         yield ws
 
@@ -220,3 +221,10 @@ def sse_lines(
             if line.startswith("event:") or line.startswith(":"):
                 return 200, line
     return 200, ""
+
+
+async def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """An HTTP request that does not block the event loop (other clients of
+    the same test keep running)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.request(method, url, **kwargs)

@@ -25,6 +25,7 @@ from .support import (
     new_user,
     postgres_schema,
     recv,
+    request,
     send,
     server_with,
     until,
@@ -96,7 +97,8 @@ async def a(server: RunningServer) -> AsyncIterator[WorldOfA]:
         completed = await until(ws, "generation.completed", timeout=30)
         assert completed["generation_id"] == running["generation_id"]
         assert completed["message"]["status"] == "complete"
-    history = httpx.get(
+    history = await request(
+        "GET",
         f"{server.base_url}/api/v1/conversations/{accepted['conversation_id']}/messages",
         headers=bearer(user),
     )

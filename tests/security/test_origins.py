@@ -11,7 +11,16 @@ import pytest
 
 from tests.server import RunningServer
 
-from .support import bearer, jwt_env, new_user, refused_upgrade, server_with, until, ws_connect
+from .support import (
+    bearer,
+    jwt_env,
+    new_user,
+    refused_upgrade,
+    request,
+    server_with,
+    until,
+    ws_connect,
+)
 
 ALLOWED = "https://app.example.com"
 
@@ -48,7 +57,9 @@ async def test_allowed_origins_reach_the_api_and_open_the_websocket(
     }[which]
     headers = bearer(new_user())
     api_headers = {**headers, **({"Origin": origin} if origin else {})}
-    response = httpx.get(f"{listed_server.base_url}/api/v1/conversations", headers=api_headers)
+    response = await request(
+        "GET", f"{listed_server.base_url}/api/v1/conversations", headers=api_headers
+    )
     assert response.status_code == 200
     if origin is not None and which != "own":
         assert response.headers["access-control-allow-origin"] == origin
@@ -71,13 +82,16 @@ async def test_other_origins_are_refused_with_403_before_any_upgrade(
     listed_server: RunningServer, origin: str
 ) -> None:
     headers = bearer(new_user())
-    response = httpx.get(
-        f"{listed_server.base_url}/api/v1/conversations", headers={**headers, "Origin": origin}
+    response = await request(
+        "GET",
+        f"{listed_server.base_url}/api/v1/conversations",
+        headers={**headers, "Origin": origin},
     )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "unauthorized"
     assert "access-control-allow-origin" not in response.headers
-    posted = httpx.post(
+    posted = await request(
+        "POST",
         f"{listed_server.base_url}/api/v1/conversations",
         headers={**headers, "Origin": origin},
         json={"title": "csrf"},
@@ -113,8 +127,10 @@ async def test_by_default_only_the_servers_own_origin_is_allowed(
         # localhost is not the Host 127.0.0.1 this client sends: another origin
         status, _ = await refused_upgrade(jwt_server, headers, origin=origin)
         assert status == 403
-        response = httpx.get(
-            f"{jwt_server.base_url}/api/v1/conversations", headers={**headers, "Origin": origin}
+        response = await request(
+            "GET",
+            f"{jwt_server.base_url}/api/v1/conversations",
+            headers={**headers, "Origin": origin},
         )
         assert response.status_code == 403
 
@@ -122,27 +138,22 @@ async def test_by_default_only_the_servers_own_origin_is_allowed(
 # --------------------------------------------------------------------------- no auth
 
 
-@pytest.fixture(scope="module")
-def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(tmp_path_factory.mktemp("open"), SANIC_CHAT_AUTH="none")
-    with server_with(env) as running:
-        yield running
-
-
 async def test_without_auth_a_rebound_host_name_is_refused(open_server: RunningServer) -> None:
     """DNS rebinding: evil.example re-resolved to 127.0.0.1 is same-origin with
     itself, but its Host header gives it away."""
     port = open_server.base_url.rsplit(":", 1)[1]
     rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
-    response = httpx.get(f"{open_server.base_url}/api/v1/conversations", headers=rebound)
+    response = await request("GET", f"{open_server.base_url}/api/v1/conversations", headers=rebound)
     assert response.status_code == 403
     # a same-origin GET carries no Origin at all: the Host alone must give it away
-    response = httpx.get(
-        f"{open_server.base_url}/api/v1/conversations", headers={"Host": rebound["Host"]}
+    response = await request(
+        "GET", f"{open_server.base_url}/api/v1/conversations", headers={"Host": rebound["Host"]}
     )
     assert response.status_code == 403
     status, _ = await refused_upgrade(open_server, rebound)
     assert status == 403
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
-        response = httpx.get(f"{open_server.base_url}/api/v1/conversations", headers={"Host": host})
+        response = await request(
+            "GET", f"{open_server.base_url}/api/v1/conversations", headers={"Host": host}
+        )
         assert response.status_code == 200, host

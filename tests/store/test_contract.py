@@ -92,7 +92,12 @@ async def test_post_stores_the_user_message_and_a_streaming_reply(store: Message
     assert posted.created is True
     user, reply = posted.user, posted.reply
     assert reply is not None
-    assert (user.role, user.status, user.content, user.model) == ("user", "complete", "Hi there", "gpt")
+    assert (user.role, user.status, user.content, user.model) == (
+        "user",
+        "complete",
+        "Hi there",
+        "gpt",
+    )
     assert user.conversation_id == conversation.id and user.client_id is not None
     assert (reply.role, reply.status, reply.content) == ("assistant", "streaming", "")
     assert reply.reply_to == user.id and reply.model == "gpt" and reply.completed_at is None
@@ -405,6 +410,11 @@ async def test_timestamps_are_aware_utc_everywhere(store: MessageStore) -> None:
     done = await store.finish(posted.reply.id, content="x", status="complete")
     conversation = await store.get_conversation("alice", posted.conversation.id)
     assert conversation is not None
-    for moment in (conversation.created_at, conversation.updated_at, done.created_at, done.completed_at):
+    for moment in (
+        conversation.created_at,
+        conversation.updated_at,
+        done.created_at,
+        done.completed_at,
+    ):
         assert moment is not None and moment.tzinfo is not None
         assert moment.astimezone(UTC) == moment and moment.utcoffset() == timedelta(0)

@@ -16,7 +16,9 @@ import pytest
 
 from sanic_chat.core.errors import Conflict, Unavailable
 from sanic_chat.store import open_store
+from sanic_chat.store.database import parse_url
 from sanic_chat.store.sql import SqlMessageStore
+from tests.conftest import require_postgres
 
 from .support import Stores, post
 
@@ -122,8 +124,10 @@ async def test_postgres_on_a_closed_port_is_unavailable() -> None:
         await store.close()
 
 
-async def test_sqlite_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
-    store = await open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'chat.db'}")
+@pytest.mark.parametrize("where", ["missing/dir/chat.db", "a-file/chat.db"])
+async def test_sqlite_where_no_file_can_be_made_is_unavailable(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    store = await open_store(f"sqlite:///{tmp_path / where}")
     try:
         await _assert_unavailable(store)
     finally:
@@ -132,11 +136,10 @@ async def test_sqlite_in_a_missing_directory_is_unavailable(tmp_path: Path) -> N
 
 @pytest.mark.postgres
 async def test_postgres_connection_lost_mid_post_is_unavailable_and_stores_nothing() -> None:
-    from tests.conftest import require_postgres
-
     url = require_postgres()
     app = f"store_test_{uuid.uuid4().hex[:12]}"
-    stores = Stores("postgres", f"{url}?application_name={app}", f"test_store_{app}")
+    tagged = f"{url}{'&' if '?' in url else '?'}application_name={app}"
+    stores = Stores("postgres", tagged, f"test_store_{app}")
     admin = psycopg2.connect(url, connect_timeout=5)
     try:
         store = await stores.open()
@@ -144,7 +147,9 @@ async def test_postgres_connection_lost_mid_post_is_unavailable_and_stores_nothi
         # hold the conversation row so the post blocks inside its transaction
         with admin.cursor() as cursor:
             cursor.execute(f'SET search_path TO "{stores.schema}"')
-            cursor.execute("SELECT id FROM conversation WHERE id = %s FOR UPDATE", (conversation.id,))
+            cursor.execute(
+                "SELECT id FROM conversation WHERE id = %s FOR UPDATE", (conversation.id,)
+            )
         task = asyncio.create_task(post(store, conversation_id=conversation.id, client_id="c-1"))
         killer = psycopg2.connect(url, connect_timeout=5)
         killer.autocommit = True
@@ -207,6 +212,14 @@ async def test_postgres_and_postgresql_schemes_are_both_accepted() -> None:
         await store.close()
 
 
+async def test_an_explicit_schema_wins_over_the_urls_and_is_not_passed_to_libpq() -> None:
+    store = await open_store("postgresql://u@127.0.0.1:1/db?schema=from_url", schema="given")
+    assert store.schema == "given"
+    await store.close()
+    parsed = parse_url("postgresql://u@h/db?schema=from_url&sslmode=disable", schema="given")
+    assert parsed.schema == "given" and parsed.extra == {"sslmode": "disable"}
+
+
 def test_importing_the_store_package_does_not_import_peewee() -> None:
     code = (
         "import sys, sanic_chat.store, sanic_chat.store.memory; "
@@ -218,6 +231,9 @@ def test_importing_the_store_package_does_not_import_peewee() -> None:
 # --------------------------------------------------------------------------- latency
 
 
+# A timing gate is at the mercy of the machine's other load: run it on purpose
+# (``-m slow``) on a quiet box, not on every CI run.
+@pytest.mark.slow
 async def test_post_p99_is_under_50_ms(sql_stores: Stores) -> None:
     store = await sql_stores.open()
     for _ in range(10):  # warm the pool
@@ -228,4 +244,5 @@ async def test_post_p99_is_under_50_ms(sql_stores: Stores) -> None:
         await post(store)
         took.append(time.perf_counter() - started)
     took.sort()
-    assert took[int(len(took) * 0.99) - 1] < 0.050, f"p99 {took[-2] * 1000:.1f} ms"
+    p99 = took[int(len(took) * 0.99) - 1]
+    assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms"

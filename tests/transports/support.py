@@ -32,7 +32,7 @@ from tests.server import RunningServer, run_server
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 #: demo models: ``demo`` is quick, ``slow`` runs for seconds (time to cut a
-#: connection mid-reply), ``firehose`` is 8,000 unpaced-ish tokens
+#: connection mid-reply), ``firehose`` is 8,000 unpaced tokens
 MODELS_TOML = """
 default = "demo"
 [models.demo]
@@ -48,7 +48,7 @@ reply_tokens = 100
 [models.firehose]
 provider = "demo"
 ttft_ms = 0
-tokens_per_second = 5000
+tokens_per_second = 0
 reply_tokens = 8000
 """
 
@@ -123,6 +123,26 @@ def chat_server(
     full_env = {**FAST_ENV, **db.env, "SANIC_CHAT_MODELS": str(models_path), **(env or {})}
     with run_server(full_env, data_dir=str(db.data_dir)) as server:
         yield server
+
+
+_shared: dict[str, RunningServer] = {}
+
+
+def shared_server(request: pytest.FixtureRequest, backend: str) -> RunningServer:
+    """The run's one default server on ``backend``, started on first use and
+    stopped when the run ends: the modules that need no special settings
+    share it (each test works in its own conversations)."""
+    if backend not in _shared:
+        stack = contextlib.ExitStack()
+        tmp = request.getfixturevalue("tmp_path_factory").mktemp("shared")
+        try:
+            db = stack.enter_context(database(backend, tmp))
+            _shared[backend] = stack.enter_context(chat_server(db))
+        except BaseException:
+            stack.close()
+            raise
+        request.config.add_cleanup(stack.close)
+    return _shared[backend]
 
 
 def rss_kib(pid: int) -> int:
@@ -227,14 +247,15 @@ class SseEvent:
 
 
 class SseStream:
-    """A small SSE line parser over an httpx streaming response (comments
-    are kept: heartbeats are comments)."""
+    """A small SSE line parser over an httpx streaming response or any other
+    source of lines (comments are kept: heartbeats are comments)."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
+    def __init__(self, source: httpx.Response | AsyncIterator[str]) -> None:
+        self._lines = source.aiter_lines() if isinstance(source, httpx.Response) else source
         self.received: list[SseEvent] = []
         self.last_id: str | None = None
+        #: bytes of the response body read so far (raw streams only)
+        self.body_bytes = 0
 
     async def next(self, timeout: float = 10.0) -> SseEvent | None:
         """The next event or comment; None at the end of the stream."""
@@ -289,13 +310,59 @@ class SseStream:
                 return data
 
 
+class HttpSseStream(SseStream):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response)
+        self.response = response
+
+
 @contextlib.asynccontextmanager
 async def sse_stream(
     client: httpx.AsyncClient, path: str, headers: Mapping[str, str] | None = None
-) -> AsyncIterator[SseStream]:
+) -> AsyncIterator[HttpSseStream]:
     async with client.stream("GET", path, headers=dict(headers or {})) as response:
         assert response.status_code == 200, (response.status_code, await response.aread())
-        yield SseStream(response)
+        yield HttpSseStream(response)
+
+
+@contextlib.asynccontextmanager
+async def raw_sse_stream(
+    sock: socket.socket, path: str, headers: Mapping[str, str] | None = None
+) -> AsyncIterator[SseStream]:
+    """An SSE stream over a socket the caller set up (before connect: what a
+    socket is told after it connected does not bound its peer), read only
+    when the test reads, with an application buffer of a few KiB."""
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    host, port = sock.getpeername()[:2]
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+    for name, value in (headers or {}).items():
+        request += f"{name}: {value}\r\n"
+    writer.write((request + "\r\n").encode())
+    await writer.drain()
+    status = await reader.readuntil(b"\r\n")
+    assert b" 200 " in status, status
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    stream: SseStream
+
+    async def lines() -> AsyncIterator[str]:
+        pending = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            if size == 0:
+                return
+            chunk = await reader.readexactly(size + 2)
+            stream.body_bytes += size
+            pending += chunk[:-2]
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.rstrip(b"\r").decode()
+
+    stream = SseStream(lines())
+    try:
+        yield stream
+    finally:
+        writer.close()
 
 
 def http_client(server: RunningServer) -> httpx.AsyncClient:

@@ -1,0 +1,70 @@
+"""The per-connection outbox, with no socket: exactly-once by offset, merging,
+explicit resumes going back, and the bound on falling behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from sanic_chat.core.events import GenerationDelta, GenerationStarted, Pong, ServerEvent
+from sanic_chat.core.outbox import Outbox, SlowConsumer
+
+GID = "7b1c8c62-8a3e-4f38-9d4c-1d0f6a1b2c3d"
+STARTED = GenerationStarted(GID, "c", GID, None, "demo")
+
+
+def drain(outbox: Outbox) -> list[ServerEvent]:
+    events = []
+    while (event := outbox.get_nowait()) is not None:
+        events.append(event)
+    return events
+
+
+def test_waiting_deltas_merge_into_one_frame_and_overlaps_are_dropped() -> None:
+    outbox = Outbox()
+    outbox.push(STARTED)
+    outbox.push(GenerationDelta(GID, 0, "ab"))
+    outbox.push(GenerationDelta(GID, 2, "cd"))
+    outbox.push(GenerationDelta(GID, 1, "bcdef"))  # the same text again, and more
+    outbox.push(STARTED)
+    assert drain(outbox) == [STARTED, GenerationDelta(GID, 0, "abcdef")]
+    assert outbox.frames_merged == 2
+
+
+def test_expect_never_sends_text_twice_but_rewind_sends_it_again_from_the_offset() -> None:
+    outbox = Outbox()
+    outbox.push(STARTED)
+    outbox.push(GenerationDelta(GID, 0, "hello "))
+    assert len(drain(outbox)) == 2
+    outbox.expect(GID, 0)  # the server catching up on its own: nothing twice
+    outbox.push(STARTED)
+    outbox.push(GenerationDelta(GID, 0, "hello world"))
+    assert drain(outbox) == [GenerationDelta(GID, 6, "world")]
+    outbox.push(GenerationDelta(GID, 11, "!"))  # queued, not yet sent
+    outbox.rewind(GID, 2)  # the client asked: it has exactly 2
+    outbox.push(STARTED)
+    outbox.push_replay(GenerationDelta(GID, 2, "llo world!"))
+    assert drain(outbox) == [STARTED, GenerationDelta(GID, 2, "llo world!")]
+
+
+def test_a_consumer_falling_too_far_behind_overflows_but_a_long_replay_does_not() -> None:
+    outbox = Outbox(max_pending_chars=10)
+    outbox.push_replay(GenerationDelta(GID, 0, "x" * 100))  # a resume of a long reply
+    outbox.push(GenerationDelta(GID, 100, "y" * 10))  # live text merged behind it
+    assert not outbox.overflowed
+    assert drain(outbox) == [GenerationDelta(GID, 0, "x" * 100 + "y" * 10)]
+    outbox.push(GenerationDelta(GID, 110, "z" * 11))  # the replay is gone: counted now
+    assert outbox.overflowed
+    with pytest.raises(SlowConsumer):
+        outbox.get_nowait()
+    outbox.push(Pong())  # an overflowed outbox takes nothing more
+    with pytest.raises(SlowConsumer):
+        outbox.get_nowait()
+
+
+def test_the_frame_bound_counts_frames_that_cannot_merge() -> None:
+    outbox = Outbox(max_pending_frames=3)
+    for _ in range(3):
+        outbox.push(Pong())
+    assert not outbox.overflowed
+    outbox.push(Pong())
+    assert outbox.overflowed
