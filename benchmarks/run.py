@@ -647,39 +647,140 @@ def save_summary(name: str, data: dict[str, Any]) -> None:
     )
 
 
+def paired(
+    bench: Bench,
+    args: argparse.Namespace,
+    *,
+    users: int,
+    duration: float,
+    extra: list[str] = (),  # type: ignore[assignment]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """sanic-chat and the floor, both up, taking turns for ``--rounds`` rounds
+    (A B, B A, A B, ...) of ``duration / rounds`` each, so that neighbours on a
+    shared machine and any drift fall on both alike; the rounds are pooled."""
+    bench.start_fake()
+    services = {"sanic-chat": bench.start_server(users)}
+    if not args.skip_floor:
+        services["floor"] = bench.start_floor()
+    rounds = max(1, args.rounds)
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in services}
+    try:
+        for r in range(rounds):
+            order = list(services) if r % 2 == 0 else list(reversed(services))
+            for name in order:
+                parts[name].append(
+                    bench.load(
+                        services[name],
+                        name,
+                        users=users,
+                        duration=duration / rounds,
+                        out=bench.out / f"round-{r + 1}",
+                        sanic_chat=name == "sanic-chat",
+                        extra=extra,
+                        profile=args.profile and name == "sanic-chat" and r == rounds // 2,
+                    )
+                )
+    finally:
+        for service in services.values():
+            bench.stop_target(service)
+    chat = pool(parts["sanic-chat"])
+    floor = pool(parts["floor"]) if "floor" in parts else None
+    return chat, floor
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one target as one result: rows and timelines end to end,
+    latencies over the measured (post-warm-up) rows, counts summed."""
+    if len(results) == 1:
+        return results[0]
+    rows: list[dict[str, Any]] = []
+    measured: list[dict[str, Any]] = []
+    timeline: list[list[float]] = []
+    samples: list[dict[str, Any]] = []
+    offset = measured_wall = 0.0
+    for result in results:
+        warmup = result["config"]["warmup"]
+        for row in result["rows"]:
+            shifted = {**row, "sent_at": round(row["sent_at"] + offset, 3)}
+            rows.append(shifted)
+            if row["sent_at"] >= warmup:
+                measured.append(shifted)
+        timeline += [[t + offset, a, f] for t, a, f in result["timeline"]]
+        start = result["resource_samples"][0]["t"] if result["resource_samples"] else 0.0
+        samples += [
+            {**x, "t": round(x["t"] - start + offset, 1)} for x in result["resource_samples"]
+        ]
+        measured_wall += max(result["wall_s"] - warmup, 1e-9)
+        offset += result["wall_s"]
+    first = results[0]
+    cfg = first["config"]
+    summary = report.summarize(
+        measured or rows,
+        wall_s=measured_wall,
+        upstream_ttft_ms=cfg["upstream_ttft_ms"],
+        upstream_stream_ms=cfg["upstream_stream_ms"],
+    )
+    everything = report.summarize(rows, wall_s=offset)
+    summary["loss"], summary["resumes"] = everything["loss"], everything["resumes"]
+    summary["whole_run"] = {
+        k: everything[k] for k in ("messages", "completed", "outcomes", "errors")
+    }
+    connections: dict[str, Any] = {"connect_errors": 0, "drops": 0, "drops_by_code": {}}
+    for result in results:
+        conn = result["connections"]
+        connections["connect_errors"] += conn["connect_errors"]
+        connections["drops"] += conn["drops"]
+        for code, n in conn["drops_by_code"].items():
+            connections["drops_by_code"][code] = connections["drops_by_code"].get(code, 0) + n
+    db = None
+    if first.get("db_check"):
+        db: dict[str, int] = {}
+        for result in results:
+            for key, value in (result.get("db_check") or {}).items():
+                if isinstance(value, int):
+                    db[key] = db.get(key, 0) + value
+    cpu_ms = [
+        r["server_cpu_ms_per_reply"] * r["summary"].get("whole_run", r["summary"])["completed"]
+        for r in results
+        if r.get("server_cpu_ms_per_reply")
+    ]
+    return {
+        **first,
+        "wall_s": round(offset, 2),
+        "config": {**cfg, "duration": sum(r["config"]["duration"] for r in results)},
+        "rounds": len(results),
+        "summary": summary,
+        "connections": connections,
+        "db_check": db,
+        "generator": {
+            "workers": first["generator"]["workers"],
+            "loop_lag_ms_p99": max(r["generator"]["loop_lag_ms_p99"] for r in results),
+            "loop_lag_ms_max": max(r["generator"]["loop_lag_ms_max"] for r in results),
+        },
+        "timeline": timeline,
+        "rows": rows,
+        "resource_samples": samples,
+        "resources": cpu_summary(samples),
+        "server_cpu_ms_per_reply": (
+            round(sum(cpu_ms) / everything["completed"], 1)
+            if cpu_ms and everything["completed"]
+            else None
+        ),
+        "command": first["command"] + f"  # x {len(results)} rounds",
+    }
+
+
 def scenario_seed(bench: Bench, args: argparse.Namespace) -> str:
     users, duration = args.users or 100, args.duration or 60.0
-    out = bench.out
-    bench.start_fake()
-    server = bench.start_server(users)
-    try:
-        chat = bench.load(
-            server,
-            "sanic-chat",
-            users=users,
-            duration=duration,
-            out=out,
-            sanic_chat=True,
-            profile=args.profile,
-        )
-    finally:
-        bench.stop_target(server)
-    floor_result = None
-    if not args.skip_floor:
-        floor = bench.start_floor()
-        try:
-            floor_result = bench.load(
-                floor, "floor", users=users, duration=duration, out=out, sanic_chat=False
-            )
-        finally:
-            bench.stop_target(floor)
+    chat, floor_result = paired(bench, args, users=users, duration=duration)
     pngs = plots(args.scenario, chat, floor_result)
     save_summary(args.scenario, {"sanic-chat": chat, "floor": floor_result})
     body = (
         f"{users} users over {args.transport}, each sending a message, reading the whole reply, "
-        f"thinking {args.think_time} s (±50 %), for {duration:.0f} s "
-        f"(messages sent in the first {chat['config']['warmup']:.0f} s of ramp-up are left out "
-        "of the latencies, not out of the loss and database checks).\n\n"
+        f"thinking {args.think_time} s (±50 %), for {duration:.0f} s per target, in "
+        f"{args.rounds} rounds taking turns with the floor (messages sent in each round's "
+        f"first {chat['config']['warmup']:.0f} s of ramp-up are left out of the latencies, not "
+        "out of the loss and database checks).\n\n"
     )
     body += comparison_table(chat, floor_result)
     body += "\n" + _images(pngs) + "\n"
@@ -953,35 +1054,7 @@ def _resource_plot(samples: list[dict[str, Any]]) -> Path:
 def scenario_slow(bench: Bench, args: argparse.Namespace) -> str:
     users, duration = args.users or 100, args.duration or 60.0
     extra = ["--slow-share", str(args.slow_share), "--slow-delay", str(args.slow_delay)]
-    bench.start_fake()
-    server = bench.start_server(users)
-    try:
-        chat = bench.load(
-            server,
-            "sanic-chat",
-            users=users,
-            duration=duration,
-            out=bench.out,
-            sanic_chat=True,
-            extra=extra,
-        )
-    finally:
-        bench.stop_target(server)
-    floor_result = None
-    if not args.skip_floor:
-        floor = bench.start_floor()
-        try:
-            floor_result = bench.load(
-                floor,
-                "floor",
-                users=users,
-                duration=duration,
-                out=bench.out,
-                sanic_chat=False,
-                extra=extra,
-            )
-        finally:
-            bench.stop_target(floor)
+    chat, floor_result = paired(bench, args, users=users, duration=duration, extra=extra)
     pngs = plots("slow-consumers", chat, floor_result)
     save_summary("slow-consumers", {"sanic-chat": chat, "floor": floor_result})
     body = (
@@ -1099,6 +1172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-share", type=float, default=0.2)
     p.add_argument("--slow-delay", type=float, default=0.1)
     p.add_argument("--skip-floor", action="store_true")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="seed, slow-consumers: turns taken with the floor"
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the server (seed)")
     p.add_argument(
         "--database-url",
