@@ -732,13 +732,12 @@ def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
         connections["drops"] += conn["drops"]
         for code, n in conn["drops_by_code"].items():
             connections["drops_by_code"][code] = connections["drops_by_code"].get(code, 0) + n
-    db = None
-    if first.get("db_check"):
-        db: dict[str, int] = {}
-        for result in results:
-            for key, value in (result.get("db_check") or {}).items():
-                if isinstance(value, int):
-                    db[key] = db.get(key, 0) + value
+    totals: dict[str, int] = {}
+    for result in results:
+        for key, value in (result.get("db_check") or {}).items():
+            if isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    db = totals or None
     cpu_ms = [
         r["server_cpu_ms_per_reply"] * r["summary"].get("whole_run", r["summary"])["completed"]
         for r in results

@@ -213,4 +213,11 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         return await file(WEB_DIR / "index.html", mime_type="text/html; charset=utf-8")
 
     app.static("/static", WEB_DIR, name="web_static")
+
+    @app.on_response
+    async def revalidate_page(request: Request, response: HTTPResponse) -> None:
+        # the page and its modules change with each release: browsers may keep
+        # them but must revalidate (Sanic answers 304 from Last-Modified)
+        if request.path == "/" or request.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-cache")
     return app

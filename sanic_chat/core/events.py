@@ -20,6 +20,7 @@ from .records import ErrorInfo, Message, Usage
 __all__ = [
     "ClientFrame",
     "ConversationSubscribe",
+    "ConversationUnsubscribe",
     "ErrorEvent",
     "GenerationCancel",
     "GenerationCancelled",
@@ -67,6 +68,15 @@ class ConversationSubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationUnsubscribe:
+    """Addition to the contract: stop receiving a conversation's events on this
+    connection (a client that switches conversations). Replies keep running."""
+
+    type: ClassVar[str] = "conversation.unsubscribe"
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationResume:
     type: ClassVar[str] = "generation.resume"
     generation_id: str
@@ -78,7 +88,14 @@ class Ping:
     type: ClassVar[str] = "ping"
 
 
-ClientFrame = MessageCreate | GenerationCancel | ConversationSubscribe | GenerationResume | Ping
+ClientFrame = (
+    MessageCreate
+    | GenerationCancel
+    | ConversationSubscribe
+    | ConversationUnsubscribe
+    | GenerationResume
+    | Ping
+)
 
 # --------------------------------------------------------------------------- server
 
@@ -390,6 +407,10 @@ def frame_from_object(obj: Any, *, max_content_chars: int = 32_000) -> ClientFra
         return ConversationSubscribe(
             conversation_id, generation_id, offset or 0 if generation_id else None
         )
+    if kind == "conversation.unsubscribe":
+        conversation_id = _uuid(obj, "conversation_id", ref)
+        assert conversation_id is not None
+        return ConversationUnsubscribe(conversation_id)
     if kind == "ping":
         return Ping()
     raise UnknownType(f"unknown frame type {kind[:64]!r}", ref=ref)

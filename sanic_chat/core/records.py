@@ -136,3 +136,16 @@ def message_from_wire(wire: dict[str, Any]) -> Message:
         finish_reason=wire.get("finish_reason"),
         error=ErrorInfo(error["code"], error["message"]) if error else None,
     )
+
+
+def title_from(content: str, max_chars: int = 80) -> str:
+    """The title of a conversation started by ``content``: its first words, on
+    one line, cut at a word boundary with an ellipsis when too long."""
+    words = content.split()
+    title = " ".join(words)
+    if len(title) <= max_chars:
+        return title
+    cut = title[: max_chars - 1]
+    if " " in cut[max_chars // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip() + "…"

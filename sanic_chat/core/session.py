@@ -17,6 +17,7 @@ from .errors import ChatError, InternalError, NotFound
 from .events import (
     ClientFrame,
     ConversationSubscribe,
+    ConversationUnsubscribe,
     ErrorEvent,
     GenerationCancel,
     GenerationResume,
@@ -83,6 +84,10 @@ class ChatSession:
             await self.service.cancel(self.user, frame.generation_id)
         elif isinstance(frame, ConversationSubscribe):
             await self._subscribe(frame)
+        elif isinstance(frame, ConversationUnsubscribe):
+            unsubscribe = self._subscriptions.pop(frame.conversation_id, None)
+            if unsubscribe is not None:
+                await unsubscribe()
         elif isinstance(frame, GenerationResume):
             await self._follow(frame.generation_id, frame.offset)
         elif isinstance(frame, Ping):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
-from ..core.records import Conversation, ErrorInfo, Message, Status, Usage, utcnow
+from ..core.records import Conversation, ErrorInfo, Message, Status, Usage, title_from, utcnow
 
 __all__ = ["MemoryMessageStore"]
 
@@ -146,7 +146,7 @@ class MemoryMessageStore:
                 if conversation_id in state.conversations:  # a uuid5 collision: never in practice
                     raise NotFound("conversation not found")
                 conversation = new_conversation = Conversation(
-                    conversation_id, owner, None, model, now, now
+                    conversation_id, owner, title_from(content), model, now, now
                 )
         else:
             found = self._own(owner, conversation_id)

@@ -37,7 +37,7 @@ from peewee_async.databases import AioDatabase
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
-from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage, utcnow
+from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage, title_from, utcnow
 from .database import connect_database, parse_url, unavailable_on_failure
 from .memory import REPLY_AFTER
 from .models import ConversationRow, MessageRow, schema_statements
@@ -302,6 +302,7 @@ class SqlMessageStore:
                     ConversationRow.insert(
                         id=conversation_id,
                         owner=owner,
+                        title=title_from(content),
                         model=model,
                         created_at=now,
                         updated_at=now,

@@ -264,6 +264,12 @@ export class ChatClient extends EventTarget {
    * known. Pass `null` to follow none (a new, empty chat).
    */
   async openConversation(conversationId, { limit } = {}) {
+    const previous = this.conversationId;
+    if (previous && previous !== conversationId && this._mode === "websocket" && this.state === "open") {
+      // stop the previous conversation's events on this connection; its replies
+      // keep running and are resumed by offset when it is opened again
+      this._sendFrame({ type: "conversation.unsubscribe", conversation_id: previous });
+    }
     this.conversationId = conversationId || null;
     if (this._mode === "sse" && this.state === "open" && this._esConversation !== this.conversationId) {
       // one stream follows one conversation; the new one opens once its

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ import httpx
 import psycopg2
 import redis
 
-from tests.server import RunningServer, run_server
+from tests.server import RunningServer, free_port, wait_ready
 
 #: demo models, paced: ``quick`` ends at once, ``steady`` streams for about 2 s,
 #: ``long`` for about 20 s (time to kill or cut something mid-reply)
@@ -97,7 +98,7 @@ class Cluster:
     ) -> Iterator[RunningServer]:
         """A running node; stopped with SIGTERM (if still alive) at the end."""
         env = self.env(NODE_ID=name, **overrides)
-        with run_server(env, args=args) as server:
+        with run_node(env, args=args) as server:
             yield server
 
     def stored(self, message_id: str) -> dict[str, Any]:
@@ -130,6 +131,35 @@ class Cluster:
                 return {role: int(count) for role, count in cursor.fetchall()}
         finally:
             conn.close()
+
+
+@contextlib.contextmanager
+def run_node(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[RunningServer]:
+    """``sanic-chat serve`` in a session (process group) of its own: Sanic's worker
+    manager, when a worker fails, SIGKILLs its workers' whole process group -- which
+    must not be the test run's. At the end: SIGTERM, then SIGKILL for the group."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="sanic-chat-node-") as tmp:
+        full_env = {**os.environ, "SANIC_CHAT_DATA_DIR": tmp, "PYTHONUNBUFFERED": "1", **env}
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sanic_chat", "serve", "--port", str(port), *args],
+                env=full_env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            server = RunningServer(
+                f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", process, log_path, full_env
+            )
+            try:
+                wait_ready(f"{server.base_url}/healthz", process, log_path)
+                yield server
+            finally:
+                server.stop()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
 
 
 @contextlib.contextmanager

@@ -358,3 +358,25 @@ async def test_a_resend_on_the_same_connection_is_answered_again(world) -> None:
     again = await next_event(session)
     assert isinstance(again, MessageAccepted) and again.message.id == first.message.id
     assert len(provider.requests) == 1
+
+
+async def test_unsubscribe_stops_a_conversations_events_but_not_its_reply(world) -> None:
+    service, provider, store = world
+    writer = ChatSession(service, "alice")
+    await writer.receive(create())
+    accepted = await next_event(writer)
+    tab = ChatSession(service, "alice")
+    await tab.receive(frame(type="conversation.subscribe", conversation_id=accepted.conversation_id))
+    provider.feed("seen ")
+    first = await next_event(tab)
+    assert isinstance(first, GenerationDelta)
+    await tab.receive(
+        frame(type="conversation.unsubscribe", conversation_id=accepted.conversation_id)
+    )
+    provider.feed("unseen")
+    provider.end()
+    await events_until_terminal(writer)
+    await tab.receive(frame(type="ping"))
+    assert isinstance(await next_event(tab), Pong)  # nothing of the reply came after
+    row = await store.get_message("alice", accepted.generation_id)
+    assert row is not None and row.status == "complete" and row.content == "seen unseen"

@@ -418,3 +418,20 @@ async def test_timestamps_are_aware_utc_everywhere(store: MessageStore) -> None:
     ):
         assert moment is not None and moment.tzinfo is not None
         assert moment.astimezone(UTC) == moment and moment.utcoffset() == timedelta(0)
+
+
+async def test_a_conversation_started_by_a_message_is_titled_by_it(store) -> None:
+    posted = await store.post_user_message(
+        "titled",
+        conversation_id=None,
+        client_id=str(uuid.uuid4()),
+        content="  How do   rivers\nform deltas over centuries, and why do some of them split into many channels?",
+        model="demo",
+        node_id="n",
+        lease_until=utcnow(),
+    )
+    assert posted.conversation.title is not None
+    assert posted.conversation.title.startswith("How do rivers form deltas")
+    assert len(posted.conversation.title) <= 80 and posted.conversation.title.endswith("…")
+    again = await store.get_conversation("titled", posted.conversation.id)
+    assert again is not None and again.title == posted.conversation.title
