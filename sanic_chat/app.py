@@ -220,4 +220,5 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         # them but must revalidate (Sanic answers 304 from Last-Modified)
         if request.path == "/" or request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-cache")
+
     return app
