@@ -155,11 +155,23 @@ def run_node(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[
             )
             try:
                 wait_ready(f"{server.base_url}/healthz", process, log_path)
+                # the first worker up answers /healthz; a SIGTERM while another is still
+                # starting makes Sanic's manager wait 30 s for it, then SIGKILL them all
+                workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+                _wait_workers_ready(server, workers)
                 yield server
             finally:
                 server.stop()
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
+
+
+def _wait_workers_ready(server: RunningServer, workers: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log().count("Worker ready") < workers:
+        assert server.process.poll() is None, server.log()
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
