@@ -130,9 +130,12 @@ def create_floor_app(
         }
         try:
             async with aconnect_sse(app.ctx.http, "POST", url, json=body) as source:
+                # read to the end of the body, [DONE] included: a response left
+                # unfinished cannot go back to the pool, and the next reply would
+                # pay for a new connection (TLS, with a real provider)
                 async for event in source.aiter_sse():
                     if event.data == "[DONE]":
-                        break
+                        continue
                     chunk = orjson.loads(event.data)
                     if chunk.get("usage"):
                         usage = {

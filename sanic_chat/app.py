@@ -3,7 +3,6 @@ transports and the HTTP API together. Nothing else imports from all of them."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
@@ -36,9 +35,6 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app"]
 
 WEB_DIR = Path(__file__).parent / "web"
-
-#: at shutdown, time for the connections' writers to send what the drain queued
-_FLUSH_S = 0.2
 
 #: requests that need no user: the page, its assets, health and metrics
 _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static", "/docs", "/favicon")
@@ -169,8 +165,6 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         if service is not None:
             started = time.monotonic()
             await service.drain(settings.drain_timeout_s)
-            # the last events are queued by now; give the writers a moment to send them
-            await asyncio.sleep(_FLUSH_S)
             log.info("drained in %.2f s", time.monotonic() - started)
 
     @app.after_server_stop

@@ -37,7 +37,9 @@ class Security:
         shared = settings.bus_url.startswith(("redis://", "rediss://"))
         redis_url = settings.bus_url if shared else None
         self.tickets: TicketStore = (
-            RedisTickets(redis_url, ttl_s=settings.ticket_ttl_s)
+            RedisTickets(
+                redis_url, ttl_s=settings.ticket_ttl_s, prefix=f"{settings.bus_prefix}:sec"
+            )
             if redis_url
             else MemoryTickets(ttl_s=settings.ticket_ttl_s)
         )
@@ -45,7 +47,7 @@ class Security:
         if settings.rate_limit is not None:
             count, period = settings.rate_limit.count, settings.rate_limit.period_s
             self.rate = (
-                RedisRateLimiter(redis_url, count, period)
+                RedisRateLimiter(redis_url, count, period, prefix=f"{settings.bus_prefix}:sec")
                 if redis_url
                 else LocalRateLimiter(count, period)
             )

@@ -35,11 +35,13 @@ GOING_AWAY = 1001
 REFUSED = 1008
 #: how long a closing handshake may wait for a reader that does not read
 _CLOSE_TIMEOUT_S = 10.0
+#: at shutdown, how long writers may take to send what is still queued
+_FLUSH_TIMEOUT_S = 2.0
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
-    #: open sockets, told to go away at shutdown
-    sockets: set[WebsocketImplProtocol] = set()
+    #: open sockets with their outbox and writer, told to go away at shutdown
+    sockets: dict[WebsocketImplProtocol, tuple[Outbox, asyncio.Task[None]]] = {}
 
     async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
         user: str = request.ctx.user
@@ -54,9 +56,9 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         session = context.open_session(user)
         metrics = context.metrics
         metrics.connections.labels("websocket").inc()
-        sockets.add(ws)
         activity = _Activity()
         writer = asyncio.create_task(_pump(session.outbox, ws, context, activity))
+        sockets[ws] = (session.outbox, writer)
         try:
             while not writer.done():
                 raw = await ws.recv(timeout=min(context.idle_timeout_s, 5.0))
@@ -77,7 +79,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
                 await _close(ws, GOING_AWAY, "server going away: reconnect and resume")
             raise
         finally:
-            sockets.discard(ws)
+            sockets.pop(ws, None)
             metrics.connections.labels("websocket").dec()
             await session.close()
             writer.cancel()
@@ -89,9 +91,17 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     async def going_away(app: Sanic[Any, Any]) -> None:
         # Shutdown listeners run in reverse order of registration: this runs
         # after the app's drain, so running replies reached their sockets.
+        # First let every writer send what its outbox still holds (the drain
+        # queued the replies' last events), then say goodbye.
+        open_sockets = list(sockets.items())
+        for _, (outbox, _) in open_sockets:
+            outbox.close()
+        writers = [writer for _, (_, writer) in open_sockets if not writer.done()]
+        if writers:
+            await asyncio.wait(writers, timeout=_FLUSH_TIMEOUT_S)
         closing = [
             _close(ws, GOING_AWAY, "server going away: reconnect and resume")
-            for ws in list(sockets)
+            for ws, _ in open_sockets
         ]
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)
@@ -112,6 +122,8 @@ async def _pump(
 ) -> None:
     try:
         while (event := await outbox.get()) is not None:
+            if isinstance(event, ErrorEvent):
+                context.metrics.frames_refused.labels(event.code).inc()
             await ws.send(encode_event(event).decode())
             activity.last = time.monotonic()
     except SlowConsumer:
