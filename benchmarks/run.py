@@ -229,7 +229,7 @@ def machine() -> dict[str, str]:
         try:
             return subprocess.run(
                 shlex.split(cmd), capture_output=True, text=True, timeout=10
-            ).stdout.strip()
+            ).stdout.strip("\n")
         except (OSError, subprocess.SubprocessError):
             return "?"
 
