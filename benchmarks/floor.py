@@ -70,8 +70,15 @@ def encode_sse(event: dict[str, Any]) -> bytes:
 
 
 def create_floor_app(
-    upstream: str, *, upstream_model: str = "fake", name: str = "floor"
+    upstream: str,
+    *,
+    upstream_model: str = "fake",
+    name: str = "floor",
+    reuse_upstream: bool = False,
 ) -> Sanic[Any, Any]:
+    """``reuse_upstream``: read each upstream body to its end so that its
+    connection goes back to the pool. Off by default, to match sanic-chat's
+    providers, which stop at ``[DONE]`` (and so open a connection per reply)."""
     app: Sanic[Any, Any] = Sanic(name)
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
@@ -130,12 +137,11 @@ def create_floor_app(
         }
         try:
             async with aconnect_sse(app.ctx.http, "POST", url, json=body) as source:
-                # read to the end of the body, [DONE] included: a response left
-                # unfinished cannot go back to the pool, and the next reply would
-                # pay for a new connection (TLS, with a real provider)
                 async for event in source.aiter_sse():
                     if event.data == "[DONE]":
-                        continue
+                        if reuse_upstream:
+                            continue  # read to the body's end: the connection is pooled
+                        break  # as sanic-chat's provider does: the connection is closed
                     chunk = orjson.loads(event.data)
                     if chunk.get("usage"):
                         usage = {
@@ -290,8 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         "--upstream", default="http://127.0.0.1:9001/v1", help="an OpenAI-style base URL"
     )
     p.add_argument("--upstream-model", default="fake")
+    p.add_argument(
+        "--reuse-upstream",
+        action="store_true",
+        help="read each upstream body to its end so its connection is pooled",
+    )
     a = p.parse_args(argv)
-    app = create_floor_app(a.upstream, upstream_model=a.upstream_model)
+    app = create_floor_app(
+        a.upstream, upstream_model=a.upstream_model, reuse_upstream=a.reuse_upstream
+    )
     print(f"floor: serving on http://{a.host}:{a.port}/ relaying {a.upstream}", flush=True)
     app.run(host=a.host, port=a.port, single_process=True, access_log=False, motd=False)
     return 0

@@ -366,6 +366,8 @@ class Bench:
             "--upstream",
             self.upstream,
         ]
+        if self.args.floor_reuse_upstream:
+            argv.append("--reuse-upstream")
         return start("floor", argv, self.base_env, f"http://127.0.0.1:{port}/healthz", self.out)
 
     def stop_target(self, service: Service) -> None:
@@ -1171,6 +1173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-share", type=float, default=0.2)
     p.add_argument("--slow-delay", type=float, default=0.1)
     p.add_argument("--skip-floor", action="store_true")
+    p.add_argument(
+        "--floor-reuse-upstream",
+        action="store_true",
+        help="the floor pools upstream connections (sanic-chat today opens one per reply)",
+    )
     p.add_argument(
         "--rounds", type=int, default=3, help="seed, slow-consumers: turns taken with the floor"
     )

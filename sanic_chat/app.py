@@ -106,6 +106,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         authenticate=authenticate,
         metrics=metrics,
         heartbeat_s=settings.heartbeat_s,
+        coalesce_s=settings.coalesce_ms / 1000,
+        coalesce_above=settings.coalesce_above,
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
     )

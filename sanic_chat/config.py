@@ -77,6 +77,11 @@ class Settings:
     lease_s: float = 15.0
     drain_timeout_s: float = 30.0
     heartbeat_s: float = 15.0
+    #: when at least ``coalesce_above`` replies run in a process, text for a
+    #: connection waits up to ``coalesce_ms`` to merge into fewer frames (a
+    #: reply's first text is never held back)
+    coalesce_ms: float = 40.0
+    coalesce_above: int = 32
     history_max_chars: int = 24_000
     max_content_chars: int = 32_000
     #: per-connection outbound queue bounds; past them a consumer is dropped (resumable)
@@ -223,6 +228,8 @@ class Settings:
             lease_s=number("LEASE_S", 15.0, minimum=1.0),
             drain_timeout_s=number("DRAIN_TIMEOUT_S", 30.0),
             heartbeat_s=number("HEARTBEAT_S", 15.0, minimum=0.1),
+            coalesce_ms=number("COALESCE_MS", 40.0),
+            coalesce_above=integer("COALESCE_ABOVE", 32, minimum=0),
             history_max_chars=integer("HISTORY_MAX_CHARS", 24_000),
             max_content_chars=integer("MAX_CONTENT_CHARS", 32_000),
             outbox_max_chars=integer("OUTBOX_MAX_CHARS", 2_000_000, minimum=1_000),

@@ -57,6 +57,8 @@ class Outbox:
         "_closed",
         "_delivered_upto",
         "_finished",
+        "_flowing",
+        "_linger_waiter",
         "_max_chars",
         "_max_frames",
         "_pending_chars",
@@ -85,6 +87,9 @@ class Outbox:
         self._finished: set[str] = set()
         self._accepted: set[str] = set()
         self._closed = False
+        #: generations whose first text was already taken by the consumer
+        self._flowing: set[str] = set()
+        self._linger_waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self.frames_merged = 0
 
@@ -202,6 +207,16 @@ class Outbox:
         self._pending_chars += chars
         self._check_bounds()
         self._wakeup.set()
+        if self._linger_waiter is not None and not (
+            isinstance(event, GenerationDelta) and event.generation_id in self._flowing
+        ):
+            # anything but more of a flowing reply is sent without lingering
+            self._end_linger()
+
+    def _end_linger(self) -> None:
+        waiter = self._linger_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _check_bounds(self) -> None:
         if (
@@ -214,11 +229,13 @@ class Outbox:
             self._replayed.clear()
             self._pending_chars = self._allowance = 0
             self._wakeup.set()
+            self._end_linger()
 
     def close(self) -> None:
         """No more events; a waiting ``get`` returns None."""
         self._closed = True
         self._wakeup.set()
+        self._end_linger()
 
     # ------------------------------------------------------------------ consumer
 
@@ -229,6 +246,7 @@ class Outbox:
             return None
         event = self._queue.popleft()
         if isinstance(event, GenerationDelta):
+            self._flowing.add(event.generation_id)
             self._pending_chars -= len(event.text)
             if self._replayed:
                 self._allowance -= self._replayed.pop(event.generation_id, 0)
@@ -244,6 +262,63 @@ class Outbox:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    async def get_batch(
+        self, linger_s: float = 0.0, timeout_s: float | None = None
+    ) -> list[ServerEvent] | None:
+        """Every queued event, waiting for at least one; None once closed and
+        drained; an empty list when ``timeout_s`` passed with nothing to send
+        (time for a heartbeat).
+
+        With ``linger_s`` > 0, a batch holding nothing but more text of replies
+        already flowing to this consumer waits up to ``linger_s`` first, so the
+        text arriving meanwhile merges into the same frames: fewer, larger
+        frames when the server is busy. A reply's first text, its start and
+        end, and every other event are never held back: they end the wait.
+        """
+        if not self._queue:
+            timed_out = False
+            timer: asyncio.TimerHandle | None = None
+            if timeout_s is not None:
+
+                def time_out() -> None:
+                    nonlocal timed_out
+                    timed_out = True
+                    self._wakeup.set()
+
+                timer = asyncio.get_running_loop().call_later(timeout_s, time_out)
+            try:
+                while not self._queue:
+                    if self.overflowed:
+                        raise SlowConsumer()
+                    if self._closed:
+                        return None
+                    if timed_out:
+                        return []
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        if linger_s > 0 and not self._closed and self._only_flowing_text():
+            loop = asyncio.get_running_loop()
+            waiter = self._linger_waiter = loop.create_future()
+            linger = loop.call_later(linger_s, self._end_linger)
+            try:
+                await waiter
+            finally:
+                linger.cancel()
+                self._linger_waiter = None
+        batch: list[ServerEvent] = []
+        while (event := self.get_nowait()) is not None:
+            batch.append(event)
+        return batch
+
+    def _only_flowing_text(self) -> bool:
+        flowing = self._flowing
+        return all(
+            isinstance(e, GenerationDelta) and e.generation_id in flowing for e in self._queue
+        )
 
     @property
     def pending(self) -> int:

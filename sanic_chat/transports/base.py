@@ -27,6 +27,8 @@ class TransportContext:
     authenticate: Authenticate
     metrics: Metrics
     heartbeat_s: float = 15.0
+    coalesce_s: float = 0.04
+    coalesce_above: int = 32
     max_frame_bytes: int = 256 * 1024
     idle_timeout_s: float = 300.0
     gate: FrameGate | None = None
@@ -34,6 +36,13 @@ class TransportContext:
     on_connect: Callable[[str], None] | None = None
     on_disconnect: Callable[[str], None] | None = None
     service: ChatService = field(init=False)
+
+    def linger_s(self) -> float:
+        """How long a connection's writer lets flowing text gather before it
+        sends: only while this process is busy with many replies."""
+        if self.coalesce_s > 0 and len(self.service.running) >= self.coalesce_above:
+            return self.coalesce_s
+        return 0.0
 
     def open_session(self, user: str) -> ChatSession:
         return ChatSession(self.service, user, gate=self.gate)

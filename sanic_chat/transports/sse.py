@@ -13,7 +13,6 @@ reconnects with ``Last-Event-ID``), after the terminal event of
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -53,7 +52,6 @@ SSE_HEADERS = {
 OPENING = ServerSentEvent(retry=1000, comment="connected").encode()
 HEARTBEAT = ServerSentEvent(comment="heartbeat").encode()
 #: events already queued are written together, up to this many bytes per write
-_BATCH_BYTES = 64 * 1024
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
@@ -237,21 +235,17 @@ async def _stream(
         await response.send(OPENING)
         ended = False
         while not ended:
-            try:
-                event = await asyncio.wait_for(outbox.get(), context.heartbeat_s)
-            except TimeoutError:
+            events = await outbox.get_batch(context.linger_s(), timeout_s=context.heartbeat_s)
+            if events is None:
+                break
+            if not events:
                 await response.send(HEARTBEAT)
                 continue
-            if event is None:
-                break
-            # write what is already queued in one go; a slow reader finds
-            # deltas merged behind the write it is blocking
+            # what is queued goes out in one write; a slow reader finds deltas
+            # merged behind the write it is blocking
             batch: list[bytes] = []
-            size = 0
-            while event is not None:
-                encoded = encode_sse(event)
-                batch.append(encoded)
-                size += len(encoded)
+            for event in events:
+                batch.append(encode_sse(event))
                 if (
                     until_terminal_of is not None
                     and isinstance(event, TERMINAL_TYPES)
@@ -259,9 +253,6 @@ async def _stream(
                 ):
                     ended = True
                     break
-                if size >= _BATCH_BYTES:
-                    break
-                event = outbox.get_nowait()
             await response.send(b"".join(batch))
         await response.eof()
     except SlowConsumer:

@@ -121,10 +121,11 @@ async def _pump(
     outbox: Outbox, ws: WebsocketImplProtocol, context: TransportContext, activity: _Activity
 ) -> None:
     try:
-        while (event := await outbox.get()) is not None:
-            if isinstance(event, ErrorEvent):
-                context.metrics.frames_refused.labels(event.code).inc()
-            await ws.send(encode_event(event).decode())
+        while (batch := await outbox.get_batch(context.linger_s())) is not None:
+            for event in batch:
+                if isinstance(event, ErrorEvent):
+                    context.metrics.frames_refused.labels(event.code).inc()
+                await ws.send(encode_event(event).decode())
             activity.last = time.monotonic()
     except SlowConsumer:
         context.metrics.slow_consumers_dropped.labels("websocket").inc()

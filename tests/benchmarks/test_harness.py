@@ -6,6 +6,7 @@ catches gaps and overlaps."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import sys
 import uuid
@@ -90,7 +91,8 @@ def test_load_generator_against_a_real_server_loses_nothing(tmp_path: Path) -> N
             progress=False,
         )
         result = run_load(config)
-    paths = write_outputs(result, tmp_path / "out")
+    plots = importlib.util.find_spec("matplotlib") is not None  # the bench extra
+    paths = write_outputs(result, tmp_path / "out", plots=plots)
     saved = orjson.loads(paths["json"].read_bytes())
     summary = saved["summary"]
     assert summary["messages"] >= 3
@@ -110,7 +112,8 @@ def test_load_generator_against_a_real_server_loses_nothing(tmp_path: Path) -> N
     assert db["found"] == db["acknowledged"] and db["missing"] == 0
     assert db["reply_mismatches"] == 0
     assert summary["ttfc_ms"]["p99"] is not None and summary["persist_ms"]["p50"] is not None
-    assert paths["latency"].stat().st_size > 0 and paths["ttfc"].stat().st_size > 0
+    if plots:
+        assert paths["latency"].stat().st_size > 0 and paths["ttfc"].stat().st_size > 0
     assert "first chunk" in paths["md"].read_text()
 
 

@@ -3,10 +3,19 @@ explicit resumes going back, and the bound on falling behind."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from sanic_chat.core.events import GenerationDelta, GenerationStarted, Pong, ServerEvent
+from sanic_chat.core.events import (
+    GenerationCompleted,
+    GenerationDelta,
+    GenerationStarted,
+    Pong,
+    ServerEvent,
+)
 from sanic_chat.core.outbox import Outbox, SlowConsumer
+from sanic_chat.core.records import Message, Usage, utcnow
 
 GID = "7b1c8c62-8a3e-4f38-9d4c-1d0f6a1b2c3d"
 STARTED = GenerationStarted(GID, "c", GID, None, "demo")
@@ -68,3 +77,45 @@ def test_the_frame_bound_counts_frames_that_cannot_merge() -> None:
     assert not outbox.overflowed
     outbox.push(Pong())
     assert outbox.overflowed
+
+
+async def test_a_busy_writer_lets_flowing_text_gather_but_never_holds_back_the_first() -> None:
+    outbox = Outbox()
+    outbox.push(GenerationStarted("g", "c", "g", None, "demo"))
+    outbox.push(GenerationDelta("g", 0, "first"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batch = await outbox.get_batch(linger_s=5.0)
+    assert loop.time() - started < 1.0  # start and first text went at once
+    assert [type(e) for e in batch or []] == [GenerationStarted, GenerationDelta]
+
+    async def more_text() -> None:
+        for i, piece in enumerate(("a", "b", "c")):
+            await asyncio.sleep(0.01)
+            outbox.push(GenerationDelta("g", 5 + i, piece))
+
+    feeder = asyncio.create_task(more_text())
+    batch = await outbox.get_batch(linger_s=0.2)
+    await feeder
+    assert batch == [GenerationDelta("g", 5, "abc")]  # one frame for three pieces
+
+
+async def test_the_end_of_a_reply_cuts_the_linger_short() -> None:
+    outbox = Outbox()
+    outbox.push(GenerationDelta("g", 0, "x"))
+    await outbox.get_batch(linger_s=5.0)
+    outbox.push(GenerationDelta("g", 1, "y"))
+    message = Message("g", "c", "assistant", "xy", "complete", "demo", utcnow(), utcnow())
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, outbox.push, GenerationCompleted("g", message, Usage(1, 2), "stop"))
+    started = loop.time()
+    batch = await outbox.get_batch(linger_s=5.0)
+    assert loop.time() - started < 1.0
+    assert [type(e) for e in batch or []] == [GenerationDelta, GenerationCompleted]
+
+
+async def test_an_idle_batch_times_out_empty_for_a_heartbeat_and_ends_on_close() -> None:
+    outbox = Outbox()
+    assert await outbox.get_batch(timeout_s=0.05) == []
+    outbox.close()
+    assert await outbox.get_batch(timeout_s=0.05) is None
