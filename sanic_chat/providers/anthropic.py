@@ -12,7 +12,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest, Turn
 from ..core.records import Usage
-from .http import HttpProvider, loads_json, redact, sse_events
+from .http import HttpProvider, drain_after_end, loads_json, redact, sse_events
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -179,5 +179,6 @@ class AnthropicProvider(HttpProvider):
                 if chunk is not None:
                     yield chunk
                 if decoder.done:
+                    await drain_after_end(events)
                     return
         decoder.end()

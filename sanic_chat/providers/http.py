@@ -15,11 +15,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -299,6 +300,22 @@ async def _read_limited(response: httpx.Response) -> bytes:
         if len(body) >= _ERROR_BODY_LIMIT:
             break
     return bytes(body[:_ERROR_BODY_LIMIT])
+
+
+#: after a stream's end marker, how long to wait for the body to end so the
+#: connection can go back to the pool (vendors end it at once)
+_DRAIN_AFTER_END_S = 0.5
+
+
+async def drain_after_end(rest: AsyncIterator[Any]) -> None:
+    """Read what follows a stream's end marker (in practice: nothing but the
+    end of the chunked body). A response closed before its body ended cannot
+    be pooled, and the next reply would open a new connection (and TLS
+    session); one that never ends is given up on after a moment."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, httpx.StreamError, ProviderError):
+        async with asyncio.timeout(_DRAIN_AFTER_END_S):
+            async for _ in rest:
+                pass
 
 
 def sse_events(response: httpx.Response) -> AsyncGenerator[httpx_sse.ServerSentEvent, None]:

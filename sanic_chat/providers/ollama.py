@@ -10,7 +10,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, loads_json, redact
+from .http import HttpProvider, drain_after_end, loads_json, redact
 
 __all__ = ["OllamaProvider", "OllamaStreamDecoder", "map_done_reason"]
 
@@ -95,10 +95,12 @@ class OllamaProvider(HttpProvider):
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OllamaStreamDecoder()
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()
+        async for line in lines:
             chunk = decoder.feed(line)
             if chunk is not None:
                 yield chunk
             if decoder.done:
+                await drain_after_end(lines)
                 return
         decoder.end()

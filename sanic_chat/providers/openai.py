@@ -12,7 +12,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, loads_json, redact, sse_events
+from .http import HttpProvider, drain_after_end, loads_json, redact, sse_events
 
 __all__ = ["OpenAIProvider", "OpenAIStreamDecoder", "map_finish_reason"]
 
@@ -137,6 +137,7 @@ class OpenAIProvider(HttpProvider):
                 if chunk is not None:
                     yield chunk
                 if decoder.done:
+                    await drain_after_end(events)
                     return
         last = decoder.end()
         if last is not None:
