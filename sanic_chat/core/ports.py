@@ -82,13 +82,16 @@ class Posted:
 
     ``created`` is False when the ``client_id`` was seen before: then ``user`` is
     the message stored the first time and ``reply`` its assistant reply (if
-    any), and nothing new was started.
+    any), and nothing new was started. ``history`` is the new message's context,
+    as :meth:`MessageStore.history` returns it, when the post asked for it
+    (``history_max_chars``) and ``created`` is True; otherwise None.
     """
 
     conversation: Conversation
     user: Message
     reply: Message | None
     created: bool
+    history: list[Message] | None = None
 
 
 class MessageStore(Protocol):
@@ -120,10 +123,13 @@ class MessageStore(Protocol):
         model: str,
         node_id: str,
         lease_until: datetime,
+        history_max_chars: int | None = None,
     ) -> Posted:
         """Atomically: insert the user message (idempotent on conversation +
         client_id) AND its assistant reply row (status ``streaming``, empty
         content, leased to ``node_id`` until ``lease_until``), then commit.
+        With ``history_max_chars``, a created post also reads the new message's
+        :meth:`history` (after the commit, in the same call).
 
         With ``conversation_id`` None a new conversation is created whose id is
         derived from (owner, client_id) (:func:`new_conversation_id`), so a retry

@@ -246,6 +246,7 @@ class ChatService:
             model=model,
             node_id=self.node_id,
             lease_until=utcnow() + timedelta(seconds=self.settings.lease_s),
+            history_max_chars=self.settings.history_max_chars,
         )
         if self.hooks.message_persisted is not None:
             self.hooks.message_persisted(time.monotonic() - started)
@@ -257,17 +258,14 @@ class ChatService:
         )
         if not posted.created:
             return posted, accepted
-        assert posted.reply is not None
+        assert posted.reply is not None and posted.history is not None
         try:
             await self.bus.publish(posted.conversation.id, accepted)
         except Unavailable:
             # the bus went down since the ping: the message is stored, so its reply
             # runs (it publishes once the bus is back); other tabs miss this event
             log.warning("could not announce message %s: bus unreachable", posted.user.id)
-        history = await self.store.history(
-            posted.conversation.id, before=posted.user, max_chars=self.settings.history_max_chars
-        )
-        turns = [Turn(m.role, m.content) for m in history]
+        turns = [Turn(m.role, m.content) for m in posted.history]
         if self.settings.system_prompt:
             turns.insert(0, Turn("system", self.settings.system_prompt))
         generation = Generation(

@@ -27,6 +27,7 @@ from .events import (
     decode_client_frame,
 )
 from .outbox import Outbox
+from .ports import new_conversation_id
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -94,25 +95,32 @@ class ChatSession:
             self.outbox.push(Pong())
 
     async def _create(self, frame: MessageCreate) -> None:
-        if frame.conversation_id is not None:
-            # subscribe before posting so that no event of the new reply is missed
-            if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:
+        # Subscribe BEFORE posting, so that no event of the new reply can be
+        # published before this connection listens.
+        conversation_id = frame.conversation_id
+        if conversation_id is None:
+            # a new conversation's id is derived from (user, client_id): it is
+            # this user's by construction, and a resend finds the same one
+            conversation_id = new_conversation_id(self.user, frame.client_id)
+        elif conversation_id not in self._subscriptions:
+            # never listen to a conversation before its ownership is checked
+            # (a conversation already subscribed was checked then)
+            if await self.service.store.get_conversation(self.user, conversation_id) is None:
                 raise NotFound("no such conversation", ref=frame.client_id)
-            await self._ensure_subscribed(frame.conversation_id)
+        newly_subscribed = conversation_id not in self._subscriptions
+        await self._ensure_subscribed(conversation_id)
+        try:
             posted, accepted = await self.service.post(self.user, frame)
-            if posted.created:
-                self.outbox.push(accepted)  # deduplicated against the bus's copy
-            else:
-                self.outbox.push_answer(accepted)
-            return
-        # a new conversation: its id is only known once posted. The reply's
-        # events from then on are replayed through follow() by offset, so
-        # nothing published before the subscription is lost.
-        posted, accepted = await self.service.post(self.user, frame)
-        self.outbox.push_answer(accepted)
-        await self._ensure_subscribed(posted.conversation.id)
-        if accepted.generation_id is not None and posted.created:
-            await self._follow(accepted.generation_id, 0, restart=False)
+        except BaseException:
+            if newly_subscribed and frame.conversation_id is None:
+                unsubscribe = self._subscriptions.pop(conversation_id, None)
+                if unsubscribe is not None:
+                    await unsubscribe()
+            raise
+        if posted.created:
+            self.outbox.push(accepted)  # deduplicated against the bus's copy
+        else:
+            self.outbox.push_answer(accepted)
 
     async def _subscribe(self, frame: ConversationSubscribe) -> None:
         if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:

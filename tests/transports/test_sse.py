@@ -29,6 +29,9 @@ async def test_a_reply_streams_as_sse_events_with_the_websocket_json(
     async with http_client(server) as client, ws_client(server) as ws:
         conversation_id = await new_conversation(client)
         await ws.send(type="conversation.subscribe", conversation_id=conversation_id)
+        # frames are handled in order: the pong means the subscription is live
+        await ws.send(type="ping")
+        assert (await ws.recv()) == {"type": "pong"}
         async with sse_stream(client, f"/api/v1/conversations/{conversation_id}/events") as sse:
             headers = sse.response.headers
             assert headers["content-type"].startswith("text/event-stream")
