@@ -876,8 +876,7 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
     body += "\n" + _images([png]) + "\n"
     body += (
         "\nCommand:\n\n```sh\n"
-        f"python -m benchmarks.run --scenario capacity --steps {args.steps} --duration {duration:.0f} "
-        f"--max-minutes {args.max_minutes}\n```\n"
+        "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n```\n"
     )
     return body
 

@@ -197,3 +197,19 @@ def test_floor_serves_the_sse_flow_the_load_generator_uses(
     assert summary["loss"]["gaps"] == summary["loss"]["overlaps"] == 0
     assert summary["loss"]["content_mismatches"] == 0
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+# --------------------------------------------------------------------------- capacity search
+
+
+def test_capacity_search_steps_up_then_halves_between_pass_and_failure() -> None:
+    from benchmarks.run import _Search
+
+    search = _Search([100, 200, 300, 400])
+    tried = []
+    limit = 260  # the "server" passes up to 260 users
+    while (users := search.next()) is not None:
+        tried.append(users)
+        search.record(users, users <= limit)
+    assert tried == [100, 200, 300, 250]
+    assert (search.passed, search.failed) == (250, 300)
