@@ -11,12 +11,12 @@ Each repeat opens a fresh store (a new SQLite file, a new PostgreSQL schema),
 warms it up, then times ``--cycles`` cycles one after another on uvloop.
 
     python benchmarks/store_cost.py [--cycles 500] [--repeat 3] [--backend sqlite postgres]
+                                    [--separate-history]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import inspect
 import statistics
 import tempfile
@@ -65,10 +65,11 @@ async def cycle(store: Any, combined: bool, conversation_id: str | None) -> str:
     return str(posted.conversation.id)
 
 
-async def run(store: Any, cycles: int) -> tuple[float, float]:
+async def run(store: Any, cycles: int, separate: bool) -> tuple[float, float]:
     """CPU and wall seconds of ``cycles`` cycles."""
     # a checkout from before ``history_max_chars`` existed reads the history separately
     combined = "history_max_chars" in inspect.signature(store.post_user_message).parameters
+    combined = combined and not separate
     conversation_id: str | None = None
     for i in range(50):  # warm-up: pool connections, caches
         conversation_id = await cycle(store, combined, None if i % TURNS == 0 else conversation_id)
@@ -78,20 +79,20 @@ async def run(store: Any, cycles: int) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-async def measure(backend: str, cycles: int) -> tuple[float, float]:
+async def measure(backend: str, cycles: int, separate: bool = False) -> tuple[float, float]:
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
             store = await open_store(f"sqlite:///{Path(tmp) / 'chat.db'}")
             try:
                 await store.migrate()
-                return await run(store, cycles)
+                return await run(store, cycles, separate)
             finally:
                 await store.close()
     schema = f"bench_store_{uuid.uuid4().hex[:12]}"
     store = await open_store(POSTGRES_URL, schema=schema)
     try:
         await store.migrate()
-        return await run(store, cycles)
+        return await run(store, cycles, separate)
     finally:
         await store.close()
         admin = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
@@ -110,9 +111,17 @@ def main() -> None:
     parser.add_argument(
         "--backend", nargs="+", choices=["sqlite", "postgres"], default=["sqlite", "postgres"]
     )
+    parser.add_argument(
+        "--separate-history",
+        action="store_true",
+        help="read the history with its own history() call, as before post returned it",
+    )
     args = parser.parse_args()
     for backend in args.backend:
-        results = [uvloop.run(measure(backend, args.cycles)) for _ in range(args.repeat)]
+        results = [
+            uvloop.run(measure(backend, args.cycles, args.separate_history))
+            for _ in range(args.repeat)
+        ]
         cpu = sorted(c / args.cycles * 1e6 for c, _ in results)
         wall = sorted(w / args.cycles * 1e6 for _, w in results)
         print(

@@ -25,8 +25,8 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -221,15 +221,29 @@ class _SqliteCursor:
         self._rows = []
 
 
+class _CursorContext:
+    """``async with connection.cursor()``, without a generator per statement."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: _SqliteCursor) -> None:
+        self._cursor = cursor
+
+    async def __aenter__(self) -> _SqliteCursor:
+        return self._cursor
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
 class SqliteConnection:
     """One pooled aiosqlite connection, as peewee-async expects a connection."""
 
     def __init__(self, raw: aiosqlite.Connection) -> None:
         self.raw = raw
 
-    @asynccontextmanager
-    async def cursor(self) -> AsyncIterator[_SqliteCursor]:
-        yield _SqliteCursor(self.raw)
+    def cursor(self) -> _CursorContext:
+        return _CursorContext(_SqliteCursor(self.raw))
 
     @property
     def in_transaction(self) -> bool:

@@ -135,6 +135,7 @@ class MemoryMessageStore:
         model: str,
         node_id: str,
         lease_until: datetime,
+        history_max_chars: int | None = None,
     ) -> Posted:
         state = self._live()
         now = utcnow()
@@ -199,7 +200,10 @@ class MemoryMessageStore:
         state.by_client_id[(conversation_id, client_id)] = user.id
         state.reply_of[user.id] = reply.id
         state.leases[reply.id] = _Row(node_id, lease_until)
-        return Posted(conversation, user, reply, created=True)
+        history = None
+        if history_max_chars is not None:
+            history = await self.history(conversation_id, before=user, max_chars=history_max_chars)
+        return Posted(conversation, user, reply, created=True, history=history)
 
     # ------------------------------------------------------------------ reading
 

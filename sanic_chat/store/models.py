@@ -1,9 +1,10 @@
 """The SQL schema, as peewee models: the same tables and queries on SQLite and PostgreSQL.
 
-The models are bound to no database. Queries built from them are executed
-through a specific peewee-async database (``query.aio_execute(db)``), so one
-process can hold several stores (SQLite, PostgreSQL, two "nodes" in a test)
-at once; DDL is generated inside ``db.bind_ctx`` (see ``schema_statements``).
+The models are bound to no database. Queries built from them are compiled for
+(``statements.py``) or executed through (``db.aio_execute(query)``) a specific
+peewee-async database, so one process can hold several stores (SQLite,
+PostgreSQL, two "nodes" in a test) at once; DDL is generated inside
+``db.bind_ctx`` (see ``schema_statements``).
 
 Invariants the database itself enforces, so that they hold across processes
 and nodes, not just inside one store object:
@@ -45,7 +46,15 @@ class UtcDateTimeField(peewee.DateTimeField):
         return super().db_value(value)
 
     def python_value(self, value: Any) -> Any:
-        value = super().python_value(value)
+        # ISO text is what SQLite hands back; parsed here without peewee's
+        # fallbacks (same result), which cost as much again per timestamp.
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                value = super().python_value(value)
+        elif not isinstance(value, datetime):
+            value = super().python_value(value)
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 return value.replace(tzinfo=UTC)

@@ -11,13 +11,18 @@ invariants hold across processes and nodes:
   bumped) and the first attempt's messages are returned.
 * Conflict is the partial unique index "one streaming row per conversation":
   the reply insert fails, the whole transaction (user message too) rolls back.
-* On PostgreSQL the first statement of a post (``UPDATE conversation ...``)
-  locks the conversation row, so concurrent posts to one conversation queue
-  up there and a racing duplicate sees the winner's committed rows.
+* On PostgreSQL the first statement of a post (``UPDATE conversation ...``, or
+  the ``INSERT`` of a new one) locks the conversation row, so concurrent posts
+  to one conversation queue up there and a racing duplicate sees the winner's
+  committed rows.
 * On SQLite there is one writer at a time: writes in this process queue on an
   ``asyncio.Lock`` (no busy-wait, no "database is locked"); writers in other
   processes are kept apart by ``BEGIN IMMEDIATE`` and the busy timeout.
   Reads run on other pooled connections, concurrently (WAL).
+
+Every query of a fixed shape is compiled once per store (``statements.py``:
+peewee generates the text, each call only binds its values), and rows are
+read as tuples straight into records, never as model instances.
 
 Every connectivity failure leaves as :class:`Unavailable`.
 """
@@ -33,7 +38,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import peewee
-from peewee_async.databases import AioDatabase
+from peewee_async.databases import AioDatabase, FetchResults
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
@@ -41,6 +46,7 @@ from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage
 from .database import connect_database, parse_url, unavailable_on_failure
 from .memory import REPLY_AFTER
 from .models import ConversationRow, MessageRow, schema_statements
+from .statements import Param, Statement, compile_query
 
 __all__ = ["SqlMessageStore", "open_store"]
 
@@ -58,46 +64,254 @@ async def _fetchone(database: AioDatabase, cursor: Any) -> Any:
     return await cursor.fetchone()
 
 
-def _conversation(row: ConversationRow) -> Conversation:
-    return Conversation(
-        id=row.id,
-        owner=row.owner,
-        title=row.title,
-        model=row.model,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+async def _fetchall(database: AioDatabase, cursor: Any) -> list[Any]:
+    rows: list[Any] = await cursor.fetchall()
+    return rows
 
 
-def _message(row: MessageRow) -> Message:
+# --------------------------------------------------------------------------- rows
+
+#: a Conversation's columns, in the order _conversation unpacks them
+_CONVERSATION_COLUMNS = (
+    ConversationRow.id,
+    ConversationRow.owner,
+    ConversationRow.title,
+    ConversationRow.model,
+    ConversationRow.created_at,
+    ConversationRow.updated_at,
+)
+#: a Message's columns, in the order _message unpacks them
+_MESSAGE_COLUMNS = (
+    MessageRow.id,
+    MessageRow.conversation,
+    MessageRow.role,
+    MessageRow.content,
+    MessageRow.status,
+    MessageRow.model,
+    MessageRow.reply_to,
+    MessageRow.client_id,
+    MessageRow.input_tokens,
+    MessageRow.output_tokens,
+    MessageRow.finish_reason,
+    MessageRow.error_code,
+    MessageRow.error_message,
+    MessageRow.created_at,
+    MessageRow.completed_at,
+)
+# Both drivers return the text and integer columns as str / int / None, which is
+# what those fields' python_value makes of them; only the timestamps (all
+# UtcDateTimeField) need converting.
+_utc = MessageRow.created_at.python_value
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    id_, owner, title, model, created_at, updated_at = row
+    return Conversation(id_, owner, title, model, _utc(created_at), _utc(updated_at))
+
+
+def _message(row: Sequence[Any]) -> Message:
+    (
+        id_,
+        conversation_id,
+        role,
+        content,
+        status,
+        model,
+        reply_to,
+        client_id,
+        input_tokens,
+        output_tokens,
+        finish_reason,
+        error_code,
+        error_message,
+        created_at,
+        completed_at,
+    ) = row
     usage = None
-    if row.input_tokens is not None or row.output_tokens is not None:
-        usage = Usage(row.input_tokens, row.output_tokens)
+    if input_tokens is not None or output_tokens is not None:
+        usage = Usage(input_tokens, output_tokens)
     error = None
-    if row.error_code is not None:
-        error = ErrorInfo(row.error_code, row.error_message or "")
+    if error_code is not None:
+        error = ErrorInfo(error_code, error_message or "")
     return Message(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        role=cast(Role, row.role),  # only this module writes these columns
-        content=row.content,
-        status=cast(Status, row.status),
-        model=row.model,
-        created_at=row.created_at,
-        completed_at=row.completed_at,
-        reply_to=row.reply_to,
-        client_id=row.client_id,
+        id=id_,
+        conversation_id=conversation_id,
+        role=cast(Role, role),  # only this module writes these columns
+        content=content,
+        status=cast(Status, status),
+        model=model,
+        created_at=_utc(created_at),
+        completed_at=None if completed_at is None else _utc(completed_at),
+        reply_to=reply_to,
+        client_id=client_id,
         usage=usage,
-        finish_reason=row.finish_reason,
+        finish_reason=finish_reason,
         error=error,
     )
 
 
-def _before(created_at: datetime, message_id: str, *, inclusive: bool = False) -> Any:
-    """Rows ordered before (created_at, id) -- the key every message list sorts on."""
-    same_moment = MessageRow.created_at == created_at
-    tie = MessageRow.id <= message_id if inclusive else MessageRow.id < message_id
-    return (MessageRow.created_at < created_at) | (same_moment & tie)
+# --------------------------------------------------------------------------- queries
+
+
+def _before(*, inclusive: bool) -> Any:
+    """Rows ordered before (``created_at``, ``id``) -- the key every message list sorts on."""
+    same_moment = MessageRow.created_at == Param("created_at")
+    tie = MessageRow.id <= Param("id") if inclusive else MessageRow.id < Param("id")
+    return (MessageRow.created_at < Param("created_at")) | (same_moment & tie)
+
+
+class _Statements:
+    """Every query of a fixed shape, compiled for one database.
+
+    The names of their :class:`Param` placeholders are the keyword arguments
+    of :meth:`SqlMessageStore._run`.
+    """
+
+    def __init__(self, database: peewee.Database) -> None:
+        def compiled(query: peewee.Node) -> Statement:
+            return compile_query(database, query)
+
+        owned = (ConversationRow.id == Param("conversation_id")) & (
+            ConversationRow.owner == Param("owner")
+        )
+        conversations = ConversationRow.select(*_CONVERSATION_COLUMNS)
+        messages = MessageRow.select(*_MESSAGE_COLUMNS)
+        new_conversation = ConversationRow.insert(
+            id=Param("conversation_id"),
+            owner=Param("owner"),
+            title=Param("title"),
+            model=Param("model"),
+            created_at=Param("now"),
+            updated_at=Param("now"),
+        )
+        newest_first = (MessageRow.created_at.desc(), MessageRow.id.desc())
+        in_conversation = MessageRow.conversation == Param("conversation_id")
+
+        # conversations
+        self.insert_conversation = compiled(new_conversation)
+        self.get_conversation = compiled(conversations.where(owned))
+        by_owner = ConversationRow.owner == Param("owner")
+        self.list_conversations, self.list_conversations_before = (
+            compiled(
+                conversations.where(where)
+                .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+                .limit(Param("limit"))
+            )
+            for where in (by_owner, by_owner & (ConversationRow.updated_at < Param("before")))
+        )
+        self.delete_conversation = compiled(ConversationRow.delete().where(owned))
+        self.conversation_is_owned = compiled(
+            ConversationRow.select(ConversationRow.id).where(owned)
+        )
+
+        # posting
+        self.insert_conversation_if_new = compiled(
+            new_conversation.on_conflict(conflict_target=[ConversationRow.id], action="nothing")
+        )
+        self.touch_conversation = compiled(
+            ConversationRow.update(updated_at=Param("now"))
+            .where(owned)
+            .returning(*_CONVERSATION_COLUMNS)
+        )
+        self.insert_user = compiled(
+            MessageRow.insert(
+                id=Param("id"),
+                conversation=Param("conversation_id"),
+                role="user",
+                content=Param("content"),
+                status="complete",
+                model=Param("model"),
+                client_id=Param("client_id"),
+                created_at=Param("now"),
+                completed_at=Param("now"),
+            ).on_conflict(
+                conflict_target=[MessageRow.conversation, MessageRow.client_id],
+                action="nothing",
+            )
+        )
+        self.insert_reply = compiled(
+            MessageRow.insert(
+                id=Param("id"),
+                conversation=Param("conversation_id"),
+                role="assistant",
+                content="",
+                status="streaming",
+                model=Param("model"),
+                reply_to=Param("reply_to"),
+                node_id=Param("node_id"),
+                lease_until=Param("lease_until"),
+                created_at=Param("created_at"),
+            )
+        )
+        self.user_by_client_id = compiled(
+            messages.where(in_conversation & (MessageRow.client_id == Param("client_id")))
+        )
+        self.first_reply = compiled(
+            messages.where(MessageRow.reply_to == Param("user_id"))
+            .order_by(MessageRow.created_at, MessageRow.id)
+            .limit(1)
+        )
+
+        # reading
+        self.get_message = compiled(
+            messages.join(
+                ConversationRow, on=(MessageRow.conversation == ConversationRow.id)
+            ).where((MessageRow.id == Param("id")) & (ConversationRow.owner == Param("owner")))
+        )
+        self.message = compiled(messages.where(MessageRow.id == Param("id")))
+        self.anchor = compiled(
+            MessageRow.select(MessageRow.id, MessageRow.created_at).where(
+                (MessageRow.id == Param("id")) & in_conversation
+            )
+        )
+        self.list_messages, self.list_messages_before = (
+            compiled(messages.where(where).order_by(*newest_first).limit(Param("limit")))
+            for where in (in_conversation, in_conversation & _before(inclusive=False))
+        )
+        self.history_first, self.history_next = (
+            compiled(
+                messages.where(in_conversation & _before(inclusive=inclusive))
+                .order_by(*newest_first)
+                .limit(_HISTORY_PAGE)
+            )
+            for inclusive in (True, False)
+        )
+
+        # replies
+        streaming = MessageRow.status == "streaming"
+        self.checkpoint = compiled(
+            MessageRow.update(content=Param("content")).where(
+                (MessageRow.id == Param("id")) & streaming
+            )
+        )
+        self.finish = compiled(
+            MessageRow.update(
+                content=Param("content"),
+                status=Param("status"),
+                input_tokens=Param("input_tokens"),
+                output_tokens=Param("output_tokens"),
+                finish_reason=Param("finish_reason"),
+                error_code=Param("error_code"),
+                error_message=Param("error_message"),
+                completed_at=Param("now"),
+            )
+            .where((MessageRow.id == Param("id")) & streaming)
+            .returning(*_MESSAGE_COLUMNS)
+        )
+        interrupt = MessageRow.update(
+            status="interrupted",
+            completed_at=Param("now"),
+            error_code=Interrupted.code,
+            error_message=Interrupted.default_message(),
+        )
+        expired = MessageRow.lease_until.is_null() | (MessageRow.lease_until < Param("before"))
+        self.interrupt_node, self.interrupt_expired = (
+            compiled(interrupt.where(streaming & orphaned).returning(*_MESSAGE_COLUMNS))
+            for orphaned in (MessageRow.node_id == Param("node_id"), expired)
+        )
+
+
+# --------------------------------------------------------------------------- plumbing
 
 
 @contextlib.contextmanager
@@ -113,6 +327,18 @@ def _stale_poll_is_unavailable() -> Iterator[None]:
         if "handler is closed" not in str(exc):
             raise
         raise Unavailable() from exc
+
+
+@dataclass(slots=True)
+class _Session:
+    #: the SQLite write lock, while this session holds it
+    write_lock: asyncio.Lock | None = None
+
+    def unlock(self) -> None:
+        """Let other writers in (SQLite) while this session goes on reading."""
+        if self.write_lock is not None:
+            lock, self.write_lock = self.write_lock, None
+            lock.release()
 
 
 @dataclass(slots=True)
@@ -137,6 +363,7 @@ class SqlMessageStore:
         #: the PostgreSQL schema holding the tables (None: the default search_path)
         self.schema = schema
         self._sqlite = backend == "sqlite"
+        self._sql = _Statements(database)
         self._write_lock = asyncio.Lock()
         # A FIFO queue in front of the pool, as large as the pool. aiopg's pool
         # lets a task that just released a connection take it straight back
@@ -148,50 +375,44 @@ class SqlMessageStore:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.asynccontextmanager
-    async def _session(self, *, write: bool) -> AsyncIterator[None]:
-        """One pooled connection for the block (nested queries reuse it), with
-        every connectivity failure translated. Always in the same order -- the
-        SQLite write lock, a connection slot, the connection -- so no cycle."""
+    async def _session(self, *, write: bool) -> AsyncIterator[_Session]:
+        """One pooled connection for the block (every query in it uses it), with
+        every connectivity failure translated. Always taken in the same order --
+        the SQLite write lock, a connection slot, the connection -- so no cycle;
+        letting go of the lock early (:meth:`_Session.unlock`) waits for nothing."""
         if self._closed:
             raise Unavailable("the store is closed")
+        session = _Session()
         with unavailable_on_failure(), _stale_poll_is_unavailable():
-            async with contextlib.AsyncExitStack() as stack:
+            try:
                 if write and self._sqlite:
-                    await stack.enter_async_context(self._write_lock)
-                await stack.enter_async_context(self._connections)
-                await stack.enter_async_context(self._db.aio_connection())
-                yield
+                    await self._write_lock.acquire()
+                    session.write_lock = self._write_lock
+                async with self._connections, self._db.aio_connection():
+                    yield session
+            finally:
+                session.unlock()
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Transaction]:
+        """A transaction on the session's connection (inside ``_session(write=True)``)."""
         # IMMEDIATE takes SQLite's write lock up front: a deferred transaction
         # that reads first may fail to upgrade ("database is locked") with no retry.
-        begin = "BEGIN IMMEDIATE" if self._sqlite else "BEGIN"
-        async with self._session(write=True):
-            await self._db.aio_execute_sql(begin)
-            tx = _Transaction()
-            try:
-                yield tx
-                await self._db.aio_execute_sql("ROLLBACK" if tx.rollback_only else "COMMIT")
-            except BaseException:
-                # A failed ROLLBACK leaves the connection mid-transaction; both
-                # pools discard such a connection instead of reusing it.
-                with contextlib.suppress(Exception):
-                    await self._db.aio_execute_sql("ROLLBACK")
-                raise
+        await self._db.aio_execute_sql("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
+        tx = _Transaction()
+        try:
+            yield tx
+            await self._db.aio_execute_sql("ROLLBACK" if tx.rollback_only else "COMMIT")
+        except BaseException:
+            # A failed ROLLBACK leaves the connection mid-transaction; both
+            # pools discard such a connection instead of reusing it.
+            with contextlib.suppress(Exception):
+                await self._db.aio_execute_sql("ROLLBACK")
+            raise
 
-    async def _select(self, query: Any) -> list[Any]:
-        async with self._session(write=False):
-            rows: list[Any] = await query.aio_execute(self._db)
-            return rows
-
-    async def _write(self, query: Any) -> Any:
-        """One statement in autocommit (atomic on its own)."""
-        async with self._session(write=True):
-            return await query.aio_execute(self._db)
-
-    async def _count(self, query: Any) -> int:
-        return int(await self._db.aio_execute(query, fetch_results=_rowcount))
+    async def _run(self, statement: Statement, fetch: FetchResults, /, **values: Any) -> Any:
+        """Execute a compiled statement with ``values`` for its placeholders."""
+        return await self._db.aio_execute_sql(statement.sql, statement.bind(values), fetch)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,7 +424,7 @@ class SqlMessageStore:
         PostgreSQL (concurrent ``CREATE ... IF NOT EXISTS`` can still collide
         there) and by ``BEGIN IMMEDIATE`` on SQLite.
         """
-        async with self._transaction():
+        async with self._session(write=True), self._transaction():
             if not self._sqlite:
                 await self._db.aio_execute_sql(
                     "SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,), _fetchone
@@ -233,24 +454,22 @@ class SqlMessageStore:
         now = utcnow()
         conversation = Conversation(str(uuid.uuid4()), owner, title, model, now, now)
         async with self._session(write=True):
-            await self._count(
-                ConversationRow.insert(
-                    id=conversation.id,
-                    owner=owner,
-                    title=title,
-                    model=model,
-                    created_at=now,
-                    updated_at=now,
-                )
+            await self._run(
+                self._sql.insert_conversation,
+                _rowcount,
+                conversation_id=conversation.id,
+                owner=owner,
+                title=title,
+                model=model,
+                now=now,
             )
         return conversation
 
     async def get_conversation(self, owner: str, conversation_id: str) -> Conversation | None:
-        rows = await self._select(
-            ConversationRow.select().where(
-                (ConversationRow.id == conversation_id) & (ConversationRow.owner == owner)
+        async with self._session(write=False):
+            rows = await self._run(
+                self._sql.get_conversation, _fetchall, conversation_id=conversation_id, owner=owner
             )
-        )
         return _conversation(rows[0]) if rows else None
 
     async def list_conversations(
@@ -258,26 +477,23 @@ class SqlMessageStore:
     ) -> list[Conversation]:
         if limit <= 0:
             return []
-        where = ConversationRow.owner == owner
+        statement = self._sql.list_conversations
         if before is not None:
-            where &= ConversationRow.updated_at < before
-        rows = await self._select(
-            ConversationRow.select()
-            .where(where)
-            .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
-            .limit(limit)
-        )
+            statement = self._sql.list_conversations_before
+        async with self._session(write=False):
+            rows = await self._run(statement, _fetchall, owner=owner, before=before, limit=limit)
         return [_conversation(row) for row in rows]
 
     async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
         # Its messages go with it: ON DELETE CASCADE (foreign_keys=ON on SQLite).
         async with self._session(write=True):
-            deleted = await self._count(
-                ConversationRow.delete().where(
-                    (ConversationRow.id == conversation_id) & (ConversationRow.owner == owner)
-                )
+            deleted = await self._run(
+                self._sql.delete_conversation,
+                _rowcount,
+                conversation_id=conversation_id,
+                owner=owner,
             )
-        return deleted > 0
+        return bool(deleted > 0)
 
     # ------------------------------------------------------------------ posting
 
@@ -291,191 +507,192 @@ class SqlMessageStore:
         model: str,
         node_id: str,
         lease_until: datetime,
+        history_max_chars: int | None = None,
     ) -> Posted:
         now = utcnow()
         user_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
-        async with self._transaction() as tx:
-            if conversation_id is None:
-                conversation_id = new_conversation_id(owner, client_id)
-                # A retry (or a racing duplicate) finds the first attempt's row.
-                await self._count(
-                    ConversationRow.insert(
-                        id=conversation_id,
+        async with self._session(write=True) as session:
+            async with self._transaction() as tx:
+                conversation = None
+                if conversation_id is None:
+                    conversation_id = new_conversation_id(owner, client_id)
+                    title = title_from(content)
+                    # A retry (or a racing duplicate) finds the first attempt's row.
+                    if await self._run(
+                        self._sql.insert_conversation_if_new,
+                        _rowcount,
+                        conversation_id=conversation_id,
                         owner=owner,
-                        title=title_from(content),
+                        title=title,
                         model=model,
-                        created_at=now,
-                        updated_at=now,
-                    ).on_conflict(conflict_target=[ConversationRow.id], action="nothing")
-                )
-            # Checks ownership, bumps updated_at and (PostgreSQL) locks the row.
-            touched = await self._db.aio_execute(
-                ConversationRow.update(updated_at=now)
-                .where((ConversationRow.id == conversation_id) & (ConversationRow.owner == owner))
-                .returning(ConversationRow)
-            )
-            if not touched:
-                raise NotFound("conversation not found")
-            conversation = _conversation(touched[0])
+                        now=now,
+                    ):
+                        conversation = Conversation(conversation_id, owner, title, model, now, now)
+                if conversation is None:
+                    # Checks ownership, bumps updated_at and (PostgreSQL) locks the row.
+                    touched = await self._run(
+                        self._sql.touch_conversation,
+                        _fetchall,
+                        conversation_id=conversation_id,
+                        owner=owner,
+                        now=now,
+                    )
+                    if not touched:
+                        raise NotFound("conversation not found")
+                    conversation = _conversation(touched[0])
 
-            inserted = await self._count(
-                MessageRow.insert(
+                inserted = await self._run(
+                    self._sql.insert_user,
+                    _rowcount,
                     id=user_id,
-                    conversation=conversation_id,
-                    role="user",
+                    conversation_id=conversation_id,
                     content=content,
-                    status="complete",
                     model=model,
                     client_id=client_id,
-                    created_at=now,
-                    completed_at=now,
-                ).on_conflict(
-                    conflict_target=[MessageRow.conversation, MessageRow.client_id],
-                    action="nothing",
+                    now=now,
                 )
-            )
-            if inserted:
-                try:
-                    await self._count(
-                        MessageRow.insert(
+                if inserted:
+                    try:
+                        await self._run(
+                            self._sql.insert_reply,
+                            _rowcount,
                             id=reply_id,
-                            conversation=conversation_id,
-                            role="assistant",
-                            content="",
-                            status="streaming",
+                            conversation_id=conversation_id,
                             model=model,
                             reply_to=user_id,
                             node_id=node_id,
                             lease_until=lease_until,
                             created_at=now + REPLY_AFTER,
                         )
-                    )
-                except peewee.IntegrityError:
-                    # The only unique key this row can hit is message_one_streaming.
-                    raise Conflict("a reply is already running in this conversation") from None
-            else:
-                tx.rollback_only = True
-        if not inserted:
-            return await self._seen_before(owner, conversation_id, client_id)
-        user = Message(
-            id=user_id,
-            conversation_id=conversation_id,
-            role="user",
-            content=content,
-            status="complete",
-            model=model,
-            created_at=now,
-            completed_at=now,
-            client_id=client_id,
-        )
-        reply = Message(
-            id=reply_id,
-            conversation_id=conversation_id,
-            role="assistant",
-            content="",
-            status="streaming",
-            model=model,
-            created_at=now + REPLY_AFTER,
-            reply_to=user_id,
-        )
-        return Posted(conversation, user, reply, created=True)
+                    except peewee.IntegrityError:
+                        # The only unique key this row can hit is message_one_streaming.
+                        raise Conflict("a reply is already running in this conversation") from None
+                else:
+                    tx.rollback_only = True
+            # Committed (or rolled back): what follows only reads.
+            session.unlock()
+            if not inserted:
+                return await self._seen_before(owner, conversation_id, client_id)
+            user = Message(
+                id=user_id,
+                conversation_id=conversation_id,
+                role="user",
+                content=content,
+                status="complete",
+                model=model,
+                created_at=now,
+                completed_at=now,
+                client_id=client_id,
+            )
+            reply = Message(
+                id=reply_id,
+                conversation_id=conversation_id,
+                role="assistant",
+                content="",
+                status="streaming",
+                model=model,
+                created_at=now + REPLY_AFTER,
+                reply_to=user_id,
+            )
+            history = None
+            if history_max_chars is not None:
+                history = await self._history(conversation_id, user, history_max_chars)
+        return Posted(conversation, user, reply, created=True, history=history)
 
     async def _seen_before(self, owner: str, conversation_id: str, client_id: str) -> Posted:
-        """The idempotent answer: what the first post with ``client_id`` stored."""
-        async with self._session(write=False):
-            conversations = await self._db.aio_execute(
-                ConversationRow.select().where(
-                    (ConversationRow.id == conversation_id) & (ConversationRow.owner == owner)
-                )
-            )
-            users = await self._db.aio_execute(
-                MessageRow.select().where(
-                    (MessageRow.conversation == conversation_id)
-                    & (MessageRow.client_id == client_id)
-                )
-            )
-            if not conversations or not users:  # deleted in between
-                raise NotFound("conversation not found")
-            replies = await self._db.aio_execute(
-                MessageRow.select()
-                .where(MessageRow.reply_to == users[0].id)
-                .order_by(MessageRow.created_at, MessageRow.id)
-                .limit(1)
-            )
+        """The idempotent answer: what the first post with ``client_id`` stored (in a session)."""
+        conversations = await self._run(
+            self._sql.get_conversation, _fetchall, conversation_id=conversation_id, owner=owner
+        )
+        users = await self._run(
+            self._sql.user_by_client_id,
+            _fetchall,
+            conversation_id=conversation_id,
+            client_id=client_id,
+        )
+        if not conversations or not users:  # deleted in between
+            raise NotFound("conversation not found")
+        user = _message(users[0])
+        replies = await self._run(self._sql.first_reply, _fetchall, user_id=user.id)
         reply = _message(replies[0]) if replies else None
-        return Posted(_conversation(conversations[0]), _message(users[0]), reply, created=False)
+        return Posted(_conversation(conversations[0]), user, reply, created=False)
 
     # ------------------------------------------------------------------ reading
 
     async def get_message(self, owner: str, message_id: str) -> Message | None:
-        rows = await self._select(
-            MessageRow.select(MessageRow)
-            .join(ConversationRow, on=(MessageRow.conversation == ConversationRow.id))
-            .where((MessageRow.id == message_id) & (ConversationRow.owner == owner))
-        )
+        async with self._session(write=False):
+            rows = await self._run(self._sql.get_message, _fetchall, id=message_id, owner=owner)
         return _message(rows[0]) if rows else None
 
     async def list_messages(
         self, owner: str, conversation_id: str, *, limit: int = 50, before: str | None = None
     ) -> list[Message] | None:
         async with self._session(write=False):
-            owned = await self._db.aio_execute(
-                ConversationRow.select(ConversationRow.id).where(
-                    (ConversationRow.id == conversation_id) & (ConversationRow.owner == owner)
-                )
+            owned = await self._run(
+                self._sql.conversation_is_owned,
+                _fetchall,
+                conversation_id=conversation_id,
+                owner=owner,
             )
             if not owned:
                 return None
             if limit <= 0:
                 return []
-            where = MessageRow.conversation == conversation_id
-            if before is not None:
-                anchors = await self._db.aio_execute(
-                    MessageRow.select(MessageRow.id, MessageRow.created_at).where(
-                        (MessageRow.id == before) & (MessageRow.conversation == conversation_id)
-                    )
+            if before is None:
+                rows = await self._run(
+                    self._sql.list_messages, _fetchall, conversation_id=conversation_id, limit=limit
+                )
+            else:
+                anchors = await self._run(
+                    self._sql.anchor, _fetchall, id=before, conversation_id=conversation_id
                 )
                 if not anchors:
                     return []
-                where &= _before(anchors[0].created_at, anchors[0].id)
-            rows = await self._db.aio_execute(
-                MessageRow.select()
-                .where(where)
-                .order_by(MessageRow.created_at.desc(), MessageRow.id.desc())
-                .limit(limit)
-            )
+                anchor_id, anchor_created_at = anchors[0]
+                rows = await self._run(
+                    self._sql.list_messages_before,
+                    _fetchall,
+                    conversation_id=conversation_id,
+                    created_at=_utc(anchor_created_at),
+                    id=anchor_id,
+                    limit=limit,
+                )
         return [_message(row) for row in reversed(rows)]
 
     async def history(
         self, conversation_id: str, *, before: Message, max_chars: int
     ) -> list[Message]:
+        async with self._session(write=False):
+            return await self._history(conversation_id, before, max_chars)
+
+    async def _history(
+        self, conversation_id: str, before: Message, max_chars: int
+    ) -> list[Message]:
+        """:meth:`history`, in a session."""
         kept: list[Message] = []
         used = 0
-        cursor = (before.created_at, before.id)
-        inclusive = True
-        async with self._session(write=False):
-            while True:
-                rows = await self._db.aio_execute(
-                    MessageRow.select()
-                    .where(
-                        (MessageRow.conversation == conversation_id)
-                        & _before(*cursor, inclusive=inclusive)
-                    )
-                    .order_by(MessageRow.created_at.desc(), MessageRow.id.desc())
-                    .limit(_HISTORY_PAGE)
-                )
-                for row in rows:
-                    if row.role == "assistant" and not row.content:
-                        continue
-                    # ``before`` is always kept; after it, stop at the first one that
-                    # does not fit, so the context is a contiguous suffix.
-                    if kept and used + len(row.content) > max_chars:
-                        return self._oldest_first(kept, before)
-                    kept.append(_message(row))
-                    used += len(row.content)
-                if len(rows) < _HISTORY_PAGE:
+        statement, anchor = self._sql.history_first, before
+        while True:
+            rows = await self._run(
+                statement,
+                _fetchall,
+                conversation_id=conversation_id,
+                created_at=anchor.created_at,
+                id=anchor.id,
+            )
+            for row in rows:
+                message = _message(row)
+                if message.role == "assistant" and not message.content:
+                    continue
+                # ``before`` is always kept; after it, stop at the first one that
+                # does not fit, so the context is a contiguous suffix.
+                if kept and used + len(message.content) > max_chars:
                     return self._oldest_first(kept, before)
-                cursor, inclusive = (rows[-1].created_at, rows[-1].id), False
+                kept.append(message)
+                used += len(message.content)
+            if len(rows) < _HISTORY_PAGE:
+                return self._oldest_first(kept, before)
+            statement, anchor = self._sql.history_next, _message(rows[-1])
 
     @staticmethod
     def _oldest_first(kept: list[Message], before: Message) -> list[Message]:
@@ -487,11 +704,8 @@ class SqlMessageStore:
     # ------------------------------------------------------------------ replies
 
     async def checkpoint(self, message_id: str, content: str) -> None:
-        await self._write(
-            MessageRow.update(content=content).where(
-                (MessageRow.id == message_id) & (MessageRow.status == "streaming")
-            )
-        )
+        async with self._session(write=True):
+            await self._run(self._sql.checkpoint, _rowcount, id=message_id, content=content)
 
     async def finish(
         self,
@@ -506,24 +720,21 @@ class SqlMessageStore:
         # Conditional on status='streaming': of two finishers (say, a cancel and
         # the stream's end) exactly one writes; the other reads what it wrote.
         async with self._session(write=True):
-            rows = await self._db.aio_execute(
-                MessageRow.update(
-                    content=content,
-                    status=status,
-                    input_tokens=usage.input_tokens if usage else None,
-                    output_tokens=usage.output_tokens if usage else None,
-                    finish_reason=finish_reason,
-                    error_code=error.code if error else None,
-                    error_message=error.message if error else None,
-                    completed_at=utcnow(),
-                )
-                .where((MessageRow.id == message_id) & (MessageRow.status == "streaming"))
-                .returning(MessageRow)
+            rows = await self._run(
+                self._sql.finish,
+                _fetchall,
+                id=message_id,
+                content=content,
+                status=status,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                finish_reason=finish_reason,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                now=utcnow(),
             )
             if not rows:
-                rows = await self._db.aio_execute(
-                    MessageRow.select().where(MessageRow.id == message_id)
-                )
+                rows = await self._run(self._sql.message, _fetchall, id=message_id)
         if not rows:
             raise NotFound("message not found")
         return _message(rows[0])
@@ -531,33 +742,25 @@ class SqlMessageStore:
     async def renew_leases(self, node_id: str, message_ids: Sequence[str], until: datetime) -> None:
         if not message_ids:
             return
-        await self._write(
-            MessageRow.update(lease_until=until).where(
-                MessageRow.id.in_(list(message_ids))
-                & (MessageRow.node_id == node_id)
-                & (MessageRow.status == "streaming")
+        # Not compiled: its shape varies with the number of ids (and it runs
+        # every lease_s / 3 per node, not per message).
+        async with self._session(write=True):
+            await self._db.aio_execute(
+                MessageRow.update(lease_until=until).where(
+                    MessageRow.id.in_(list(message_ids))
+                    & (MessageRow.node_id == node_id)
+                    & (MessageRow.status == "streaming")
+                ),
+                _rowcount,
             )
-        )
 
     async def interrupt_orphans(
         self, *, now: datetime, node_id: str | None = None
     ) -> list[Message]:
         # One conditional UPDATE: two nodes sweeping at once interrupt each row once.
-        orphaned = MessageRow.status == "streaming"
-        if node_id is not None:
-            orphaned &= MessageRow.node_id == node_id
-        else:
-            orphaned &= MessageRow.lease_until.is_null() | (MessageRow.lease_until < now)
-        rows = await self._write(
-            MessageRow.update(
-                status="interrupted",
-                completed_at=utcnow(),
-                error_code=Interrupted.code,
-                error_message=Interrupted.default_message(),
-            )
-            .where(orphaned)
-            .returning(MessageRow)
-        )
+        statement = self._sql.interrupt_expired if node_id is None else self._sql.interrupt_node
+        async with self._session(write=True):
+            rows = await self._run(statement, _fetchall, node_id=node_id, before=now, now=utcnow())
         orphans = [_message(row) for row in rows]
         orphans.sort(key=lambda m: (m.created_at, m.id))
         return orphans

@@ -323,6 +323,36 @@ async def test_history_keeps_the_newest_messages_that_fit(store: MessageStore) -
     assert await store.history(cid, before=posted.user, max_chars=3) == [posted.user]
 
 
+async def test_a_post_can_return_its_history_as_history_would(store: MessageStore) -> None:
+    messages = await _exchanges(store, 3)
+    cid = messages[0].conversation_id
+    posted = await store.post_user_message(
+        "alice",
+        conversation_id=cid,
+        client_id="c-h",
+        content="question 3",
+        model="demo",
+        node_id="n",
+        lease_until=soon(),
+        history_max_chars=28,
+    )
+    assert posted.created and posted.history == [messages[-2], messages[-1], posted.user]
+    assert posted.history == await store.history(cid, before=posted.user, max_chars=28)
+    fresh = await post(store)
+    assert fresh.history is None  # not asked for
+    again = await store.post_user_message(
+        "alice",
+        conversation_id=cid,
+        client_id="c-h",
+        content="question 3",
+        model="demo",
+        node_id="n",
+        lease_until=soon(),
+        history_max_chars=28,
+    )
+    assert again.created is False and again.history is None  # nothing new: no context
+
+
 async def test_history_ends_at_before_and_skips_empty_replies(store: MessageStore) -> None:
     first = await post(store, content="one")
     cid = first.conversation.id

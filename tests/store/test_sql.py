@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import peewee
 import psycopg2
 import pytest
 
@@ -55,6 +56,33 @@ async def test_racing_nodes_store_a_duplicate_post_once(sql_stores: Stores) -> N
     assert sum(r.created for r in results) == 1
     assert len({(r.conversation.id, r.user.id) for r in results}) == 1
     assert len(await nodes[2].list_messages("alice", results[0].conversation.id) or []) == 2
+
+
+# --------------------------------------------------------------------------- compiled queries
+
+
+async def test_a_message_cycle_generates_no_sql_text(
+    sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await sql_stores.open()
+    generated: list[object] = []
+    original = peewee.Context.sql
+
+    def counting(self: peewee.Context, obj: object) -> peewee.Context:
+        generated.append(obj)
+        return original(self, obj)
+
+    monkeypatch.setattr(peewee.Context, "sql", counting)
+    conversation_id = None
+    for _ in range(2):  # a new conversation, then an existing one
+        posted = await post(store, conversation_id=conversation_id)
+        conversation_id = posted.conversation.id
+        assert posted.reply is not None
+        await store.history(conversation_id, before=posted.user, max_chars=1000)
+        await store.checkpoint(posted.reply.id, "Hel")
+        await store.finish(posted.reply.id, content="Hello", status="complete")
+        await store.interrupt_orphans(now=posted.user.created_at)
+    assert generated == []
 
 
 # --------------------------------------------------------------------------- migrations, durability
