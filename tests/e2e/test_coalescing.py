@@ -22,7 +22,10 @@ TOKENS = 60
 def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     env = {
         "SANIC_CHAT_MODELS": demo_models_file(
-            tmp_path_factory.mktemp("models"), ttft_ms=20, tokens_per_second=200, reply_tokens=TOKENS
+            tmp_path_factory.mktemp("models"),
+            ttft_ms=20,
+            tokens_per_second=200,
+            reply_tokens=TOKENS,
         ),
         # every reply counts as "busy": text gathers for up to 100 ms
         "SANIC_CHAT_COALESCE_ABOVE": "0",
