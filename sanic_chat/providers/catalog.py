@@ -26,6 +26,7 @@ from .http import HttpProvider
 from .network import AsyncioNetworkBackend
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
+from .pool import ConnectionPool
 from .spec import PROVIDER_NAMES, ModelSpec
 
 __all__ = [
@@ -55,7 +56,8 @@ def pooled_transport(
 ) -> httpx.AsyncHTTPTransport:
     """httpx's transport over an httpcore pool on :class:`AsyncioNetworkBackend`
     (anyio's backend spends more CPU per read than the rest of the stream does);
-    ``ssl_context`` defaults to httpx's."""
+    ``ssl_context`` defaults to httpx's. The catalog uses :class:`ConnectionPool`
+    instead; this stays as the baseline it is measured against."""
     if ssl_context is None:
         ssl_context = httpx.create_ssl_context()
     transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
@@ -73,13 +75,14 @@ def pooled_transport(
     return transport
 
 
-def _own_transport() -> httpx.AsyncHTTPTransport | None:
-    """:func:`pooled_transport`, unless the environment names a proxy: httpx
-    honours ``HTTP(S)_PROXY`` only with the transports it builds (None here)."""
+def _own_transport() -> httpx.AsyncBaseTransport | None:
+    """A :class:`ConnectionPool` (httpcore's pool costs O(connections x waiting
+    requests) per request), unless the environment names a proxy: httpx honours
+    ``HTTP(S)_PROXY`` only with the transports it builds (None here)."""
     proxies = urllib.request.getproxies()
     if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
         return None
-    return pooled_transport()
+    return ConnectionPool.from_limits(POOL_LIMITS)
 
 
 class ConfigError(ValueError):

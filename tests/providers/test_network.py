@@ -28,6 +28,7 @@ import uvloop
 from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog, _own_transport, pooled_transport
 from sanic_chat.providers.network import HIGH_WATER, AsyncioNetworkBackend, AsyncioStream
+from sanic_chat.providers.pool import ConnectionPool
 from sanic_chat.providers.spec import ModelSpec
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -657,6 +658,6 @@ def test_a_proxy_in_the_environment_leaves_httpx_its_own_transport(
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("all_proxy", raising=False)
-    assert isinstance(_own_transport(), httpx.AsyncHTTPTransport)
+    assert isinstance(_own_transport(), ConnectionPool)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     assert _own_transport() is None
