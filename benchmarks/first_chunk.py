@@ -57,6 +57,19 @@ async def measure(ws_url: str, messages: int) -> tuple[list[float], list[float]]
     return first_chunk, accepted
 
 
+def drop_schema(database_url: str, schema: str) -> None:
+    """Leave the shared database as it was."""
+    import psycopg2  # installed with aiopg
+
+    connection = psycopg2.connect(database_url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        connection.close()
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -74,11 +87,16 @@ def main() -> None:
                 Path(tmp), ttft_ms=args.ttft_ms, tokens_per_second=400, reply_tokens=10
             )
         }
+        schema = f"fc_{free_port()}"
         if args.database != "sqlite":
-            env["SANIC_CHAT_DATABASE_URL"] = f"{args.database}?schema=fc_{free_port()}"
+            env["SANIC_CHAT_DATABASE_URL"] = f"{args.database}?schema={schema}"
             env["SANIC_CHAT_AUTO_MIGRATE"] = "1"
-        with run_server(env) as server:
-            first, accepted = asyncio.run(measure(server.ws_url, args.messages))
+        try:
+            with run_server(env) as server:
+                first, accepted = asyncio.run(measure(server.ws_url, args.messages))
+        finally:
+            if args.database != "sqlite":
+                drop_schema(args.database, schema)
     over = [f - args.ttft_ms for f in first]
     print(
         f"{args.database.split('://')[0]}: {len(first)} messages; first chunk p50 "
