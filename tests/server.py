@@ -93,6 +93,7 @@ def run_server(
                 yield server
             finally:
                 server.stop()
+                drop_test_schema(full_env.get("SANIC_CHAT_DATABASE_URL", ""))
 
 
 DEMO_MODELS_TOML = """
@@ -115,6 +116,27 @@ def demo_models_file(
         )
     )
     return str(path)
+
+
+def drop_test_schema(database_url: str) -> None:
+    """Drop the throwaway schema of a test server (``?schema=t_...``), so that
+    test runs leave the shared database as they found it."""
+    if not database_url.startswith("postgres") or "schema=t_" not in database_url:
+        return
+    base, _, query = database_url.partition("?")
+    schema = query.split("schema=", 1)[1].split("&", 1)[0]
+    import psycopg2  # installed with aiopg
+
+    try:
+        connection = psycopg2.connect(base, connect_timeout=5)
+    except psycopg2.Error:
+        return
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        connection.close()
 
 
 def database_env(backend: str) -> dict[str, str]:
