@@ -19,7 +19,7 @@ from sanic_ext import Extend
 from .api.conversations import conversations_blueprint
 from .api.errors import install_error_handlers
 from .api.operations import operations_blueprint
-from .bus.memory import MemoryBus
+from .bus.url import open_bus
 from .config import Settings
 from .core.ports import Bus, MessageStore
 from .core.service import ChatService, ServiceHooks
@@ -53,10 +53,6 @@ async def open_store_for(settings: Settings) -> MessageStore:
 
 
 def open_bus_for(settings: Settings, node_id: str | None = None) -> Bus:
-    if settings.bus_url.startswith("memory://"):
-        return MemoryBus(tail_ttl_s=settings.tail_ttl_s)
-    from .bus.url import open_bus
-
     return open_bus(
         settings.bus_url,
         tail_ttl_s=settings.tail_ttl_s,

@@ -137,15 +137,10 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
                     return b""
                 raise httpcore.ReadError(_reason(self._error)) from self._error
             waiter = self._read_waiter = self._loop.create_future()
-            timer = (
-                None if timeout is None else self._loop.call_later(timeout, _wake, waiter, False)
-            )
             try:
-                woken = await waiter
+                woken = await self._woken_within(waiter, timeout)
             finally:
                 self._read_waiter = None
-                if timer is not None:
-                    timer.cancel()
             if not woken and not (chunks or self._eof or self._lost or self._closed):
                 raise httpcore.ReadTimeout(f"nothing to read for {timeout} s")
         data = chunks.popleft()
@@ -167,6 +162,15 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
                 self._transport.resume_reading()
         return data
 
+    async def _woken_within(self, waiter: asyncio.Future[bool], timeout: float | None) -> bool:
+        """Await ``waiter``; False if ``timeout`` passed first (one timer, no task)."""
+        timer = None if timeout is None else self._loop.call_later(timeout, _wake, waiter, False)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
@@ -176,15 +180,10 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         transport.write(buffer)
         while self._writing_paused:
             waiter = self._drain_waiter = self._loop.create_future()
-            timer = (
-                None if timeout is None else self._loop.call_later(timeout, _wake, waiter, False)
-            )
             try:
-                woken = await waiter
+                woken = await self._woken_within(waiter, timeout)
             finally:
                 self._drain_waiter = None
-                if timer is not None:
-                    timer.cancel()
             if self._closed or self._lost:
                 raise httpcore.WriteError(self._why_unwritable())
             if not woken:
