@@ -157,24 +157,47 @@ class Sampler:
         cores = psutil.cpu_count() or 1
         psutil.cpu_percent(None)
         t0 = time.monotonic()
+
+        def measure(procs: list[Any]) -> dict[str, Any] | None:
+            """CPU %, RSS and fds summed over ``procs`` (a process's first
+            sample only primes its CPU counter)."""
+            cpu, rss, fds, seen = 0.0, 0, 0, False
+            for proc in procs:
+                try:
+                    handle = handles.get(proc.pid)
+                    if handle is None:
+                        handles[proc.pid] = proc
+                        proc.cpu_percent(None)
+                        continue
+                    with handle.oneshot():
+                        cpu += handle.cpu_percent(None)
+                        rss += handle.memory_info().rss
+                        fds += handle.num_fds()
+                    seen = True
+                except psutil.Error:
+                    continue
+            if not seen:
+                return None
+            return {"cpu": round(cpu, 1), "rss_mb": round(rss / 2**20, 1), "fds": fds}
+
         while not self._stop.wait(self.interval):
             row: dict[str, Any] = {"t": round(time.monotonic() - t0, 1)}
             busy = psutil.cpu_percent(None) / 100.0 * cores
             for name, pid in list(self.pids.items()):
                 try:
-                    proc = handles.get(pid)
-                    if proc is None:
-                        proc = handles[pid] = psutil.Process(pid)
-                        proc.cpu_percent(None)
-                        continue
-                    with proc.oneshot():
-                        row[name] = {
-                            "cpu": proc.cpu_percent(None),
-                            "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                            "fds": proc.num_fds(),
-                        }
+                    root = handles.get(pid) or psutil.Process(pid)
+                    # the load generator's workers are its children
+                    procs = [root, *root.children(recursive=True)]
                 except psutil.Error:
                     continue
+                measured = measure(procs)
+                if measured is not None:
+                    row[name] = measured
+            # PostgreSQL's backends serve the server: count them, not as "other jobs"
+            postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+            measured = measure(postgres)
+            if measured is not None:
+                row["postgres"] = measured
             ours = sum(v["cpu"] for k, v in row.items() if k != "t") / 100.0
             # CPU the machine spent on anything but this benchmark (other jobs)
             row["others_cores"] = round(max(0.0, busy - ours), 2)
@@ -496,9 +519,8 @@ class Bench:
             f"py-spy record --pid {target.process.pid} --duration 5 --rate 100 --nonblocking "
             f"-o {shlex.quote(str(svg))}"
         )
-        return subprocess.Popen(
-            ["sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        log = (out / f"{label}-profile.log").open("wb")
+        return subprocess.Popen(["sh", "-c", cmd], stdout=log, stderr=subprocess.STDOUT)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -582,10 +604,11 @@ def comparison_table(chat: dict[str, Any], floor: dict[str, Any] | None) -> str:
         server = res.get("server", {})
         gen = res.get("load-generator", {})
         fake = res.get("fake-llm", {})
+        postgres = res.get("postgres", {})
         lines.append(
-            f"| CPU % of one core: {who} server / fake LLM / load generator | "
+            f"| CPU % of one core: {who} server / fake LLM / load generator / PostgreSQL | "
             f"{server.get('cpu_mean', '-')} / {fake.get('cpu_mean', '-')} / "
-            f"{gen.get('cpu_mean', '-')} | | |"
+            f"{gen.get('cpu_mean', '-')} / {postgres.get('cpu_mean', '-')} | | |"
         )
     lines.append(
         "| CPU cores busy with other jobs on the machine (mean) | "
@@ -859,18 +882,23 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         f"| floor | {best.get('floor', '-')} | |\n\n"
         + _cpu_estimate(outcomes, args.think_time)
         + "| target | users | pass | TTFC p50 / p99, ms | persist p99, ms | full reply p50, ms "
-        "| completed | server CPU % (ms per reply) | other jobs, cores | generator lag p99, ms |\n"
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| completed | server CPU % (ms per reply) | load generator / fake LLM / PostgreSQL CPU % "
+        "| other jobs, cores | generator lag p99, ms |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     for name, runs in outcomes.items():
         for o in sorted(runs, key=lambda r: r["users"]):
             cpu = o["resources"].get("server", {}).get("cpu_mean", "-")
             others = o["resources"].get("others_cores_mean", "-")
+            helpers = " / ".join(
+                str(o["resources"].get(k, {}).get("cpu_mean", "-"))
+                for k in ("load-generator", "fake-llm", "postgres")
+            )
             body += (
                 f"| {name} | {o['users']} | {'yes' if o['passed'] else 'no'} | "
                 f"{_num(o['ttfc_p50'])} / {_num(o['ttfc_p99'])} | {_num(o['persist_p99'])} | "
                 f"{_num(o['full_p50'])} | {o['completed']}/{o['messages']} | "
-                f"{cpu} ({o['cpu_ms_per_reply']}) | {others} | {o['lag_p99']} |\n"
+                f"{cpu} ({o['cpu_ms_per_reply']}) | {helpers} | {others} | {o['lag_p99']} |\n"
             )
     png = _capacity_plot(outcomes)
     body += "\n" + _images([png]) + "\n"

@@ -8,7 +8,8 @@ process (SQLite's engine runs in aiosqlite's thread, so its work is counted;
 PostgreSQL's server process is not), wall time is shown beside it.
 
 Each repeat opens a fresh store (a new SQLite file, a new PostgreSQL schema),
-warms it up, then times ``--cycles`` cycles one after another on uvloop.
+warms it up, then times ``--cycles`` cycles one after another on uvloop. Then,
+untimed, it counts the statements (round trips) a cycle sends.
 
     python benchmarks/store_cost.py [--cycles 500] [--repeat 3] [--backend sqlite postgres]
                                     [--separate-history]
@@ -65,8 +66,8 @@ async def cycle(store: Any, combined: bool, conversation_id: str | None) -> str:
     return str(posted.conversation.id)
 
 
-async def run(store: Any, cycles: int, separate: bool) -> tuple[float, float]:
-    """CPU and wall seconds of ``cycles`` cycles."""
+async def run(store: Any, cycles: int, separate: bool) -> tuple[float, float, float]:
+    """CPU and wall seconds of ``cycles`` cycles, and statements per cycle."""
     # a checkout from before ``history_max_chars`` existed reads the history separately
     combined = "history_max_chars" in inspect.signature(store.post_user_message).parameters
     combined = combined and not separate
@@ -76,10 +77,33 @@ async def run(store: Any, cycles: int, separate: bool) -> tuple[float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
     for i in range(cycles):
         conversation_id = await cycle(store, combined, None if i % TURNS == 0 else conversation_id)
-    return time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu, wall, await statements_per_cycle(store, combined)
 
 
-async def measure(backend: str, cycles: int, separate: bool = False) -> tuple[float, float]:
+async def statements_per_cycle(store: Any, combined: bool) -> float:
+    """Statements sent per cycle (every one goes through the database's aio_execute_sql)."""
+    sent = 0
+    execute = store._db.aio_execute_sql
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return await execute(*args, **kwargs)
+
+    store._db.aio_execute_sql = counting
+    try:
+        conversation_id: str | None = None
+        for i in range(TURNS * 2):
+            conversation_id = await cycle(
+                store, combined, None if i % TURNS == 0 else conversation_id
+            )
+    finally:
+        del store._db.aio_execute_sql
+    return sent / (TURNS * 2)
+
+
+async def measure(backend: str, cycles: int, separate: bool = False) -> tuple[float, float, float]:
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
             store = await open_store(f"sqlite:///{Path(tmp) / 'chat.db'}")
@@ -122,12 +146,14 @@ def main() -> None:
             uvloop.run(measure(backend, args.cycles, args.separate_history))
             for _ in range(args.repeat)
         ]
-        cpu = sorted(c / args.cycles * 1e6 for c, _ in results)
-        wall = sorted(w / args.cycles * 1e6 for _, w in results)
+        cpu = sorted(c / args.cycles * 1e6 for c, _, _ in results)
+        wall = sorted(w / args.cycles * 1e6 for _, w, _ in results)
+        statements = statistics.median(n for _, _, n in results)
         print(
             f"{backend:8} CPU/cycle µs: median {statistics.median(cpu):7.0f} "
             f"[{cpu[0]:.0f}..{cpu[-1]:.0f}]   wall/cycle µs: median "
-            f"{statistics.median(wall):7.0f} [{wall[0]:.0f}..{wall[-1]:.0f}]"
+            f"{statistics.median(wall):7.0f} [{wall[0]:.0f}..{wall[-1]:.0f}]   "
+            f"statements/cycle: {statements:.1f}"
         )
 
 

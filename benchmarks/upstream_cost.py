@@ -6,10 +6,9 @@ framing, JSON and Chunk building. Each pass runs ``--streams`` concurrent
 OpenAI-format replies of ``--tokens`` chunks through a catalog whose client
 streams over one of:
 
-* ``anyio``: httpx's own transport (httpcore's pool on anyio);
-* ``asyncio``: httpcore's pool on
-  :class:`~sanic_chat.providers.network.AsyncioNetworkBackend`;
-* ``lean``: :class:`~sanic_chat.providers.pool.ConnectionPool` (the catalog's).
+* ``anyio``: httpx's own transport (httpcore's pool and h11 on anyio);
+* ``lean``: :class:`~sanic_chat.providers.pool.ConnectionPool` (the catalog's:
+  :class:`~sanic_chat.providers.http11.Http11Connection` on httptools).
 
 A warm-up pass opens the connections first; transports take turns. By default
 each stream has a pool of its own; ``--shared`` puts every stream on ONE client
@@ -21,7 +20,7 @@ httpcore's O(connections x requests) bookkeeping shows.
 "request" is a pass's CPU per reply.
 
     python -m benchmarks.upstream_cost [--streams 200] [--tokens 100] [--tps 0]
-        [--repeat 3] [--loop uvloop|asyncio] [--shared] [--transports lean,asyncio]
+        [--repeat 3] [--loop uvloop|asyncio] [--shared] [--transports lean,anyio]
 
 ``--tps 0`` sends each reply as fast as possible (many frames per read);
 ``--tps 50`` paces it like a model does (about one read per frame).
@@ -41,14 +40,13 @@ import httpx
 import uvloop
 
 from sanic_chat.core.ports import CompletionRequest, Provider, Turn
-from sanic_chat.providers.catalog import POOL_LIMITS, ModelCatalog, pooled_transport
+from sanic_chat.providers.catalog import POOL_LIMITS, ModelCatalog
 from sanic_chat.providers.pool import ConnectionPool
 from sanic_chat.providers.spec import ModelSpec
 
 TLS = httpx.create_ssl_context()  # loading CA certificates is slow: once will do
 BACKENDS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
     "anyio": lambda: httpx.AsyncHTTPTransport(verify=TLS, limits=POOL_LIMITS),
-    "asyncio": lambda: pooled_transport(ssl_context=TLS),
     "lean": lambda: ConnectionPool.from_limits(POOL_LIMITS, ssl_context=TLS),
 }
 

@@ -8,14 +8,12 @@ and what to change, raised at start-up rather than at the first message.
 from __future__ import annotations
 
 import os
-import ssl
 import tomllib
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpcore
 import httpx
 
 from ..core.errors import ValidationFailed
@@ -23,7 +21,6 @@ from ..core.ports import Provider
 from .anthropic import AnthropicProvider
 from .demo import DemoProvider
 from .http import HttpProvider
-from .network import AsyncioNetworkBackend
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
 from .pool import ConnectionPool
@@ -36,7 +33,6 @@ __all__ = [
     "ModelSpec",
     "load_catalog",
     "parse_models",
-    "pooled_transport",
 ]
 
 BUILTIN_DEMO = ModelSpec(name="demo", provider="demo", model="demo")
@@ -49,30 +45,6 @@ _HTTP_PROVIDERS: dict[str, Callable[[ModelSpec, httpx.AsyncClient], HttpProvider
     "anthropic": AnthropicProvider,
     "ollama": OllamaProvider,
 }
-
-
-def pooled_transport(
-    limits: httpx.Limits = POOL_LIMITS, ssl_context: ssl.SSLContext | None = None
-) -> httpx.AsyncHTTPTransport:
-    """httpx's transport over an httpcore pool on :class:`AsyncioNetworkBackend`
-    (anyio's backend spends more CPU per read than the rest of the stream does);
-    ``ssl_context`` defaults to httpx's. The catalog uses :class:`ConnectionPool`
-    instead; this stays as the baseline it is measured against."""
-    if ssl_context is None:
-        ssl_context = httpx.create_ssl_context()
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
-    # httpx <0.29 takes no network backend: swap its pool for an equal one on
-    # ours. A renamed ``_pool`` must fail here, never fall back to anyio unseen.
-    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("httpx.AsyncHTTPTransport has no _pool: update pooled_transport")
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=AsyncioNetworkBackend(),
-    )
-    return transport
 
 
 def _own_transport() -> httpx.AsyncBaseTransport | None:

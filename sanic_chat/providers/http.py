@@ -38,6 +38,7 @@ from ..core.errors import (
     ProviderUnauthorized,
 )
 from ..core.ports import Chunk, CompletionRequest
+from .event_stream import server_sent_events
 from .spec import ModelSpec
 
 __all__ = [
@@ -319,8 +320,9 @@ async def drain_after_end(rest: AsyncIterator[Any]) -> None:
 
 
 def sse_events(response: httpx.Response) -> AsyncGenerator[httpx_sse.ServerSentEvent, None]:
-    """The response's server-sent events (httpx-sse checks the content type)."""
-    return httpx_sse.EventSource(response).aiter_sse()
+    """The response's server-sent events (an ``httpx_sse.SSEError`` if it is not
+    an event stream), decoded a read at a time: see :mod:`.event_stream`."""
+    return server_sent_events(response)
 
 
 def loads_json(data: str | bytes, vendor: str) -> Any:

@@ -1,5 +1,5 @@
 """An httpx transport that pools HTTP/1.1 connections per origin at O(1) per
-request, on :class:`~sanic_chat.providers.network.AsyncioNetworkBackend`.
+request, each a :class:`~sanic_chat.providers.http11.Http11Connection`.
 
 httpcore 1.0's pool re-examines every connection against every queued request
 at each request's start and end (encode/httpcore#1000): with hundreds of
@@ -13,17 +13,17 @@ Invariants:
   list, by handing it (or the slot) to the first waiter, or by closing it.
 * Idle connections are a LIFO deque (the warmest on the right); at most
   ``max_keepalive`` of them, the coldest closed first. A connection is idle
-  only after httpcore marked its response complete (both h11 sides DONE), so a
-  half-read, cut or cancelled response never goes back: its connection closes.
-* An idle connection is reused only if it has not expired and its socket is
-  not readable (readable while idle means the server closed it).
+  only after its response was read to the end with keep-alive on both sides,
+  so a half-read, cut or cancelled response never goes back: it closes.
+* An idle connection is reused only if it has not expired and the server has
+  not closed it.
 * A request that fails on a reused connection before any response byte (the
   server closed it as we sent) is sent once more on a new connection, if its
   body can be sent again.
 * Waiters for a slot are served first come, first served; one that gives up
   (pool timeout, cancellation) passes on whatever it was handed meanwhile.
-* Closing a connection never waits: the backend's ``aclose`` aborts the socket,
-  so cancellation cannot interrupt it halfway.
+* Closing a connection never waits (it aborts the socket), so cancellation
+  cannot interrupt it halfway.
 """
 
 from __future__ import annotations
@@ -32,66 +32,20 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
 
-import h11
-import httpcore
 import httpx
 
-from .network import AsyncioNetworkBackend
+from .http11 import Http11Connection
 
 __all__ = ["ConnectionPool"]
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
-#: httpcore's errors as httpx's (what httpx's own transport raises)
-_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
-    httpcore.ConnectTimeout: httpx.ConnectTimeout,
-    httpcore.ReadTimeout: httpx.ReadTimeout,
-    httpcore.WriteTimeout: httpx.WriteTimeout,
-    httpcore.PoolTimeout: httpx.PoolTimeout,
-    httpcore.TimeoutException: httpx.TimeoutException,
-    httpcore.ConnectError: httpx.ConnectError,
-    httpcore.ReadError: httpx.ReadError,
-    httpcore.WriteError: httpx.WriteError,
-    httpcore.NetworkError: httpx.NetworkError,
-    httpcore.ProxyError: httpx.ProxyError,
-    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
-    httpcore.LocalProtocolError: httpx.LocalProtocolError,
-    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
-    httpcore.ProtocolError: httpx.ProtocolError,
-}
-_HTTPCORE_ERRORS = tuple(_ERRORS)
 #: how a reused connection the server had closed fails
-_STALE_ERRORS = (
-    httpcore.RemoteProtocolError,
-    httpcore.ReadError,
-    httpcore.WriteError,
-    httpcore.ConnectionNotAvailable,
-)
+_STALE_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
-
-def _translate(exc: Exception) -> httpx.TransportError:
-    for kind in type(exc).__mro__:
-        mapped = _ERRORS.get(kind)
-        if mapped is not None:
-            return mapped(str(exc))
-    return httpx.TransportError(str(exc))
-
-
-def _usable(connection: httpcore.AsyncHTTP11Connection) -> bool:
-    """Idle, and the server has not closed it (its socket is not readable)."""
-    return connection.is_available() and not connection.has_expired()
-
-
-def _unanswered(connection: httpcore.AsyncHTTP11Connection) -> bool:
-    """Whether not one byte of a response arrived on ``connection``."""
-    state: h11.Connection = connection._h11_state  # no public view of this
-    return state.their_state is h11.SEND_RESPONSE and not state.trailing_data[0]
-
-
-Slot = httpcore.AsyncHTTP11Connection | None  # what a waiter is handed: None is a fresh slot
+Slot = Http11Connection | None  # what a waiter is handed: None is a fresh slot
 
 
 class _Origin:
@@ -113,9 +67,9 @@ class _Origin:
         self.expiry = expiry
         self.opened = 0
         #: (connection, idle until), the warmest on the right
-        self.idle: deque[tuple[httpcore.AsyncHTTP11Connection, float]] = deque()
+        self.idle: deque[tuple[Http11Connection, float]] = deque()
         self.waiters: deque[asyncio.Future[Slot]] = deque()
-        self.connections: set[httpcore.AsyncHTTP11Connection] = set()
+        self.connections: set[Http11Connection] = set()
 
     async def acquire(self, timeout: float | None, *, reuse: bool = True) -> Slot:
         """A reusable idle connection (only if ``reuse``), or None: a slot to
@@ -124,9 +78,9 @@ class _Origin:
         now = time.monotonic()
         while reuse and idle:
             connection, until = idle.pop()
-            if until > now and _usable(connection):
+            if until > now and connection.is_reusable():
                 return connection
-            await self.discard(connection)
+            self.discard(connection)
         if self.opened < self.max_connections:
             self.opened += 1
             return None
@@ -138,16 +92,16 @@ class _Origin:
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 # handed a slot as we gave up: pass it on
-                await self.release(waiter.result())
+                self.release(waiter.result())
             else:
                 waiter.cancel()
             if isinstance(exc, TimeoutError):
                 raise httpx.PoolTimeout(f"no free connection within {timeout} s") from None
             raise
-        if slot is not None and not (reuse and _usable(slot)):
+        if slot is not None and not (reuse and slot.is_reusable()):
             # keep the slot, open a new connection in it
             self.connections.discard(slot)
-            await slot.aclose()
+            slot.close()
             return None
         return slot
 
@@ -161,81 +115,74 @@ class _Origin:
                 return True
         return False
 
-    async def release(self, connection: Slot) -> None:
+    def release(self, connection: Slot) -> None:
         """Give back what :meth:`acquire` gave: idle if reusable, else closed."""
         if connection is None:
             if not self._hand_over(None):
                 self.opened -= 1
             return
-        if not connection.is_idle():
-            await self.discard(connection)
+        if not connection.is_reusable():
+            self.discard(connection)
             return
         if self._hand_over(connection):
             return
         idle = self.idle
         idle.append((connection, time.monotonic() + self.expiry))
         if len(idle) > self.max_keepalive:
-            await self.discard(idle.popleft()[0])
+            self.discard(idle.popleft()[0])
         if idle and idle[0][1] <= time.monotonic():
-            await self.discard(idle.popleft()[0])  # one at a time: O(1) per release
+            self.discard(idle.popleft()[0])  # one at a time: O(1) per release
 
-    async def discard(self, connection: httpcore.AsyncHTTP11Connection) -> None:
+    def discard(self, connection: Http11Connection) -> None:
         """Close ``connection`` and free its slot (for the first waiter, if any)."""
         self.connections.discard(connection)
         if not self._hand_over(None):
             self.opened -= 1
-        await connection.aclose()
+        connection.close()
 
-    async def aclose(self) -> None:
+    def aclose(self) -> None:
         for waiter in self.waiters:
             waiter.cancel()
         self.waiters.clear()
         self.idle.clear()
         connections, self.connections = list(self.connections), set()
         for connection in connections:
-            await connection.aclose()
+            connection.close()
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it gives its connection back to the pool."""
 
-    __slots__ = ("_body", "_connection", "_done", "_origin", "_pool")
+    __slots__ = ("_connection", "_done", "_origin", "_pool", "_timeout")
 
     def __init__(
         self,
         pool: ConnectionPool,
         origin: _Origin,
-        connection: httpcore.AsyncHTTP11Connection,
-        body: Any,
+        connection: Http11Connection,
+        timeout: float | None,
     ) -> None:
         self._pool = pool
         self._origin = origin
         self._connection = connection
-        self._body = body
+        self._timeout = timeout
         self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for part in self._body:
-                yield part
-        except _HTTPCORE_ERRORS as exc:
-            raise _translate(exc) from exc
+        read, timeout = self._connection.read, self._timeout
+        while data := await read(timeout):
+            yield data
 
     async def aclose(self) -> None:
         if self._done:
             return
         self._done = True
         connection = self._connection
-        try:
-            # httpcore marks the connection idle if the response ended, else closes it
-            await self._body.aclose()
-        except BaseException:
-            await self._origin.discard(connection)
-            raise
+        connection.finish()
         if self._pool.closed:
-            await self._origin.discard(connection)
+            self._origin.discard(connection)
         else:
-            await self._origin.release(connection)
+            self._origin.release(connection)
 
 
 class ConnectionPool(httpx.AsyncBaseTransport):
@@ -248,14 +195,12 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         max_connections: int = 1000,
         max_keepalive: int = 200,
         keepalive_expiry: float = 30.0,
-        network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.max_keepalive = max_keepalive
         self.keepalive_expiry = keepalive_expiry
         self.closed = False
         self._ssl_context = ssl_context
-        self._backend = network_backend or AsyncioNetworkBackend()
         self._origins: dict[tuple[bytes, bytes, int], _Origin] = {}
 
     @classmethod
@@ -300,63 +245,65 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         port = url.port or default_port
         origin = self._origin((scheme, url.raw_host, port))
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=scheme, host=url.raw_host, port=port, target=url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
         timeouts = request.extensions.get("timeout", {})
+        read_timeout = timeouts.get("read")
         # a body that is bytes can be sent again; a streamed one cannot
-        replayable = isinstance(request.stream, httpx.ByteStream)
+        body: bytes | AsyncIterable[bytes]
+        if isinstance(request.stream, httpx.ByteStream):
+            body, replayable = request.content, True
+        else:
+            assert isinstance(request.stream, httpx.AsyncByteStream)
+            body, replayable = request.stream, False
         retried = False
         while True:
             connection = await origin.acquire(timeouts.get("pool"), reuse=not retried)
             reused = connection is not None
             if connection is None:
                 try:
-                    connection = await self._connect(core_request, timeouts.get("connect"))
-                except BaseException as exc:
-                    await origin.release(None)
-                    if isinstance(exc, _HTTPCORE_ERRORS):
-                        raise _translate(exc) from exc
+                    connection = await self._connect(request, scheme, port, timeouts.get("connect"))
+                except BaseException:
+                    origin.release(None)
                     raise
                 origin.connections.add(connection)
             try:
-                response = await connection.handle_async_request(core_request)
+                status, reason, headers = await connection.request(
+                    request.method.encode("ascii"),
+                    url.raw_path,
+                    request.headers.raw,
+                    body,
+                    read_timeout=read_timeout,
+                    write_timeout=timeouts.get("write"),
+                )
             except BaseException as exc:
-                stale = reused and isinstance(exc, _STALE_ERRORS) and _unanswered(connection)
-                await origin.discard(connection)
+                stale = reused and isinstance(exc, _STALE_ERRORS) and not connection.answered
+                origin.discard(connection)
                 if stale and replayable and not retried:
                     retried = True  # once, on a new connection
                     continue
-                if isinstance(exc, _HTTPCORE_ERRORS):
-                    raise _translate(exc) from exc
                 raise
             return httpx.Response(
-                status_code=response.status,
-                headers=response.headers,
-                stream=_Body(self, origin, connection, response.stream),
-                extensions=response.extensions,
+                status_code=status,
+                headers=headers,
+                stream=_Body(self, origin, connection, read_timeout),
+                extensions={
+                    "http_version": b"HTTP/1.1",
+                    "reason_phrase": reason,
+                    "network_stream": connection,  # as httpx's own: get_extra_info()
+                },
             )
 
     async def _connect(
-        self, request: httpcore.Request, timeout: float | None
-    ) -> httpcore.AsyncHTTP11Connection:
-        url = request.url
-        host = url.host.decode("ascii")
-        stream = await self._backend.connect_tcp(host, url.port or 80, timeout=timeout)
-        try:
-            if url.scheme == b"https":
-                sni = request.extensions.get("sni_hostname") or host
-                stream = await stream.start_tls(self._tls(), server_hostname=sni, timeout=timeout)
-        except BaseException:
-            await stream.aclose()
-            raise
-        # no keepalive_expiry here: the pool times idleness itself
-        return httpcore.AsyncHTTP11Connection(origin=url.origin, stream=stream)
+        self, request: httpx.Request, scheme: bytes, port: int, timeout: float | None
+    ) -> Http11Connection:
+        host = request.url.host
+        tls = None
+        sni = None
+        if scheme == b"https":
+            tls = self._tls()
+            sni = request.extensions.get("sni_hostname") or host
+        return await Http11Connection.open(
+            host, port, ssl_context=tls, server_hostname=sni, timeout=timeout
+        )
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -368,4 +315,4 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self.closed = True
         origins, self._origins = list(self._origins.values()), {}
         for origin in origins:
-            await origin.aclose()
+            origin.aclose()

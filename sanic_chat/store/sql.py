@@ -7,14 +7,16 @@ invariants hold across processes and nodes:
 
 * Idempotency is the unique key (conversation, client_id): the user message
   is inserted ``ON CONFLICT DO NOTHING``; zero rows inserted means "seen
-  before", the transaction is rolled back (nothing new, ``updated_at`` not
-  bumped) and the first attempt's messages are returned.
+  before": nothing is written (no reply, ``updated_at`` not bumped) and the
+  first attempt's messages are returned.
 * Conflict is the partial unique index "one streaming row per conversation":
-  the reply insert fails, the whole transaction (user message too) rolls back.
-* On PostgreSQL the first statement of a post (``UPDATE conversation ...``, or
-  the ``INSERT`` of a new one) locks the conversation row, so concurrent posts
-  to one conversation queue up there and a racing duplicate sees the winner's
-  committed rows.
+  the reply insert fails, and with it the whole post (user message too).
+* On PostgreSQL a post's writes are ONE statement (``_POST_TO_NEW``), atomic
+  on its own: no BEGIN and COMMIT round trips. It first locks (or creates) the
+  conversation row, so concurrent posts to one conversation queue up there; a
+  racing duplicate's user insert waits for the winner's and does nothing.
+  SQLite takes the same steps one by one in a transaction.
+* Checkpoints of concurrent replies share one statement (``checkpoints.py``).
 * On SQLite there is one writer at a time: writes in this process queue on an
   ``asyncio.Lock`` (no busy-wait, no "database is locked"); writers in other
   processes are kept apart by ``BEGIN IMMEDIATE`` and the busy timeout.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,10 +46,11 @@ from peewee_async.databases import AioDatabase, FetchResults
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage, title_from, utcnow
+from .checkpoints import CheckpointQueue, TakeBatch
 from .database import connect_database, parse_url, unavailable_on_failure
 from .memory import REPLY_AFTER
 from .models import ConversationRow, MessageRow, schema_statements
-from .statements import Param, Statement, compile_query
+from .statements import Param, Statement, compile_query, compile_text
 
 __all__ = ["SqlMessageStore", "open_store"]
 
@@ -160,6 +164,105 @@ def _before(*, inclusive: bool) -> Any:
     return (MessageRow.created_at < Param("created_at")) | (same_moment & tie)
 
 
+_db_time = MessageRow.created_at.db_value
+
+# PostgreSQL: a post's writes as ONE statement -- atomic on its own (autocommit),
+# one round trip instead of five (BEGIN, conversation, user message, reply, COMMIT).
+# Data-modifying CTEs, which peewee cannot express; the tables are found on the
+# connection's search_path, as peewee's own queries find them. Each CTE reads
+# the one before it, which fixes their order: lock (or create) the
+# conversation, insert the user message unless its client_id was seen, insert
+# the reply only if the user message went in, bump updated_at only then.
+#
+# * Not found: ``conversation_row`` is empty (missing, or another owner's), so
+#   nothing else is written and no row comes back.
+# * Seen before: the user insert does nothing, so neither does the rest (no
+#   reply, ``updated_at`` not bumped); the last column says so.
+# * Conflict: the reply insert hits ``message_one_streaming`` and the whole
+#   statement -- user message, conversation and all -- fails.
+# * The lock (FOR NO KEY UPDATE, the one an UPDATE takes) queues concurrent
+#   posts to one conversation on its row; a racing duplicate's user insert, and
+#   a racing post's reply insert, wait for the winner's commit either way.
+_POST_WRITES = """
+user_row AS (
+    INSERT INTO message
+        (id, conversation_id, role, content, status, model, client_id, created_at, completed_at)
+    SELECT {user_id}, id, 'user', {content}, 'complete', {model}, {client_id}, {now}, {now}
+    FROM conversation_row
+    ON CONFLICT (conversation_id, client_id) DO NOTHING
+    RETURNING id
+), reply_row AS (
+    INSERT INTO message
+        (id, conversation_id, role, content, status, model, reply_to, node_id, lease_until,
+         created_at)
+    SELECT {reply_id}, {conversation_id}, 'assistant', '', 'streaming', {model}, id, {node_id},
+        {lease_until}, {reply_at}
+    FROM user_row
+), bumped AS (
+    UPDATE conversation SET updated_at = {now}
+    WHERE id = {conversation_id}
+        AND EXISTS (SELECT 1 FROM user_row) AND EXISTS (SELECT 1 FROM existing)
+)
+SELECT id, owner, title, model, created_at, updated_at, EXISTS (SELECT 1 FROM user_row)
+FROM conversation_row
+"""
+_EXISTING = """existing AS (
+    SELECT id, owner, title, model, created_at, updated_at
+    FROM conversation
+    WHERE id = {conversation_id} AND owner = {owner}
+    FOR NO KEY UPDATE
+)"""
+_POST_TO_EXISTING = (
+    "WITH " + _EXISTING + ", conversation_row AS (SELECT * FROM existing)," + _POST_WRITES
+)
+# A first message: the conversation is created or -- a retry -- found. At
+# most one of the two CTEs yields it (a row inserted by this statement is not
+# visible to its own SELECT); a found one is bumped like any other. If a
+# racing first post committed the conversation after this statement's
+# snapshot was taken, neither yields it: no row comes back, and the post runs
+# again as _POST_TO_EXISTING, whose snapshot sees it.
+_POST_TO_NEW = (
+    """WITH created AS (
+    INSERT INTO conversation (id, owner, title, model, created_at, updated_at)
+    VALUES ({conversation_id}, {owner}, {title}, {model}, {now}, {now})
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, owner, title, model, created_at, updated_at
+), """
+    + _EXISTING
+    + """, conversation_row AS (
+    SELECT * FROM created
+    UNION ALL
+    SELECT * FROM existing
+),"""
+    + _POST_WRITES
+)
+
+# Checkpoints, a batch in one statement (checkpoints.py). Conditional on
+# status = 'streaming': a reply that finish() finalized is never overwritten,
+# even by a batch that was already running when finish committed (PostgreSQL
+# rechecks the condition on the row's newest version).
+_POSTGRES_CHECKPOINTS = """
+UPDATE message SET content = batch.content
+FROM unnest({ids}::text[], {contents}::text[]) AS batch (id, content)
+WHERE message.id = batch.id AND message.status = 'streaming'
+"""
+# SQLite (UPDATE ... FROM: 3.33+) has no arrays to bind: the batch is a VALUES
+# list of (id, content) pairs, its text made for each batch size (bound
+# values, not JSON, which would cut a content at its first NUL).
+_SQLITE_CHECKPOINTS = """
+UPDATE message SET content = batch.column2
+FROM (VALUES %s) AS batch
+WHERE message.id = batch.column1 AND message.status = 'streaming'
+"""
+#: rows per SQLite statement, well under its limit of bound values (32766)
+_SQLITE_CHECKPOINT_ROWS = 1000
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_checkpoints(rows: int) -> str:
+    return _SQLITE_CHECKPOINTS % ", ".join(["(?, ?)"] * rows)
+
+
 class _Statements:
     """Every query of a fixed shape, compiled for one database.
 
@@ -204,7 +307,10 @@ class _Statements:
             ConversationRow.select(ConversationRow.id).where(owned)
         )
 
-        # posting
+        # posting: one statement on PostgreSQL (the SQLite store takes the steps one by one)
+        times = {name: _db_time for name in ("now", "lease_until", "reply_at")}
+        self.post_to_new = compile_text(database, _POST_TO_NEW, times)
+        self.post_to_existing = compile_text(database, _POST_TO_EXISTING, times)
         self.insert_conversation_if_new = compiled(
             new_conversation.on_conflict(conflict_target=[ConversationRow.id], action="nothing")
         )
@@ -279,11 +385,7 @@ class _Statements:
 
         # replies
         streaming = MessageRow.status == "streaming"
-        self.checkpoint = compiled(
-            MessageRow.update(content=Param("content")).where(
-                (MessageRow.id == Param("id")) & streaming
-            )
-        )
+        self.checkpoints = compile_text(database, _POSTGRES_CHECKPOINTS)  # SQLite: see there
         self.finish = compiled(
             MessageRow.update(
                 content=Param("content"),
@@ -365,11 +467,12 @@ class SqlMessageStore:
         self._sqlite = backend == "sqlite"
         self._sql = _Statements(database)
         self._write_lock = asyncio.Lock()
-        # A FIFO queue in front of the pool, as large as the pool. aiopg's pool
-        # lets a task that just released a connection take it straight back
-        # ahead of the waiters, which starved some posts for seconds under load;
-        # with this, the pool never has waiters and the queue here is fair.
+        # A FIFO queue in front of the pool, as large as the pool: the pool
+        # never has waiters, and the queue here is fair. (aiopg's pool let a
+        # task that just released a connection take it straight back ahead of
+        # the waiters, which starved some posts for seconds under load.)
         self._connections = asyncio.Semaphore(connections)
+        self._checkpoints = CheckpointQueue(self._write_checkpoints)
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -442,6 +545,10 @@ class SqlMessageStore:
     async def close(self) -> None:
         if self._closed:
             return
+        # Checkpoints already asked for are written first (or fail), so none waits forever.
+        await self._checkpoints.aclose()
+        if self._closed:  # a concurrent close() got here first
+            return
         self._closed = True
         with unavailable_on_failure():
             await self._db.aio_close()
@@ -511,67 +618,33 @@ class SqlMessageStore:
     ) -> Posted:
         now = utcnow()
         user_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
+        new, title = conversation_id is None, None
+        if conversation_id is None:
+            # Derived: a retry (or a racing duplicate) finds the first attempt's row.
+            conversation_id = new_conversation_id(owner, client_id)
+            title = title_from(content)
+        values: dict[str, Any] = {
+            "owner": owner,
+            "conversation_id": conversation_id,
+            "title": title,
+            "client_id": client_id,
+            "content": content,
+            "model": model,
+            "user_id": user_id,
+            "reply_id": reply_id,
+            "node_id": node_id,
+            "lease_until": lease_until,
+            "now": now,
+            "reply_at": now + REPLY_AFTER,
+        }
         async with self._session(write=True) as session:
-            async with self._transaction() as tx:
-                conversation = None
-                if conversation_id is None:
-                    conversation_id = new_conversation_id(owner, client_id)
-                    title = title_from(content)
-                    # A retry (or a racing duplicate) finds the first attempt's row.
-                    if await self._run(
-                        self._sql.insert_conversation_if_new,
-                        _rowcount,
-                        conversation_id=conversation_id,
-                        owner=owner,
-                        title=title,
-                        model=model,
-                        now=now,
-                    ):
-                        conversation = Conversation(conversation_id, owner, title, model, now, now)
-                if conversation is None:
-                    # Checks ownership, bumps updated_at and (PostgreSQL) locks the row.
-                    touched = await self._run(
-                        self._sql.touch_conversation,
-                        _fetchall,
-                        conversation_id=conversation_id,
-                        owner=owner,
-                        now=now,
-                    )
-                    if not touched:
-                        raise NotFound("conversation not found")
-                    conversation = _conversation(touched[0])
-
-                inserted = await self._run(
-                    self._sql.insert_user,
-                    _rowcount,
-                    id=user_id,
-                    conversation_id=conversation_id,
-                    content=content,
-                    model=model,
-                    client_id=client_id,
-                    now=now,
-                )
-                if inserted:
-                    try:
-                        await self._run(
-                            self._sql.insert_reply,
-                            _rowcount,
-                            id=reply_id,
-                            conversation_id=conversation_id,
-                            model=model,
-                            reply_to=user_id,
-                            node_id=node_id,
-                            lease_until=lease_until,
-                            created_at=now + REPLY_AFTER,
-                        )
-                    except peewee.IntegrityError:
-                        # The only unique key this row can hit is message_one_streaming.
-                        raise Conflict("a reply is already running in this conversation") from None
-                else:
-                    tx.rollback_only = True
-            # Committed (or rolled back): what follows only reads.
+            if self._sqlite:
+                conversation = await self._write_post_sqlite(new=new, **values)
+            else:
+                conversation = await self._write_post_postgres(new=new, **values)
+            # Committed (or nothing written): what follows only reads.
             session.unlock()
-            if not inserted:
+            if conversation is None:
                 return await self._seen_before(owner, conversation_id, client_id)
             user = Message(
                 id=user_id,
@@ -598,6 +671,96 @@ class SqlMessageStore:
             if history_max_chars is not None:
                 history = await self._history(conversation_id, user, history_max_chars)
         return Posted(conversation, user, reply, created=True, history=history)
+
+    async def _write_post_postgres(self, *, new: bool, **values: Any) -> Conversation | None:
+        """A post's writes on PostgreSQL, in one statement (see _POST_TO_NEW): the
+        conversation as it stands after the post, or None if the client_id was seen."""
+        try:
+            rows = await self._run(
+                self._sql.post_to_new if new else self._sql.post_to_existing, _fetchall, **values
+            )
+            if not rows and new:  # a racing first post created it: see _POST_TO_NEW
+                rows = await self._run(self._sql.post_to_existing, _fetchall, **values)
+        except peewee.IntegrityError:
+            # The only unique key the statement can hit is message_one_streaming.
+            raise Conflict("a reply is already running in this conversation") from None
+        if not rows:
+            raise NotFound("conversation not found")
+        *columns, inserted = rows[0]
+        if not inserted:
+            return None
+        # updated_at is now: the conversation was just created, or just bumped
+        id_, owner, title, model, created_at, _ = columns
+        return Conversation(id_, owner, title, model, _utc(created_at), values["now"])
+
+    async def _write_post_sqlite(
+        self,
+        *,
+        new: bool,
+        owner: str,
+        conversation_id: str,
+        title: str | None,
+        model: str,
+        now: datetime,
+        **values: Any,
+    ) -> Conversation | None:
+        """A post's writes on SQLite, step by step in one transaction (the writer
+        holds the write lock: nothing can interleave): the conversation as it
+        stands after the post, or None if the client_id was seen."""
+        async with self._transaction() as tx:
+            conversation = None
+            if new and await self._run(
+                self._sql.insert_conversation_if_new,
+                _rowcount,
+                conversation_id=conversation_id,
+                owner=owner,
+                title=title,
+                model=model,
+                now=now,
+            ):
+                conversation = Conversation(conversation_id, owner, title, model, now, now)
+            if conversation is None:
+                # Checks ownership and bumps updated_at (undone if seen before).
+                touched = await self._run(
+                    self._sql.touch_conversation,
+                    _fetchall,
+                    conversation_id=conversation_id,
+                    owner=owner,
+                    now=now,
+                )
+                if not touched:
+                    raise NotFound("conversation not found")
+                conversation = _conversation(touched[0])
+
+            inserted = await self._run(
+                self._sql.insert_user,
+                _rowcount,
+                id=values["user_id"],
+                conversation_id=conversation_id,
+                content=values["content"],
+                model=model,
+                client_id=values["client_id"],
+                now=now,
+            )
+            if not inserted:
+                tx.rollback_only = True
+                return None
+            try:
+                await self._run(
+                    self._sql.insert_reply,
+                    _rowcount,
+                    id=values["reply_id"],
+                    conversation_id=conversation_id,
+                    model=model,
+                    reply_to=values["user_id"],
+                    node_id=values["node_id"],
+                    lease_until=values["lease_until"],
+                    created_at=values["reply_at"],
+                )
+            except peewee.IntegrityError:
+                # The only unique key this row can hit is message_one_streaming.
+                raise Conflict("a reply is already running in this conversation") from None
+        return conversation
 
     async def _seen_before(self, owner: str, conversation_id: str, client_id: str) -> Posted:
         """The idempotent answer: what the first post with ``client_id`` stored (in a session)."""
@@ -704,8 +867,39 @@ class SqlMessageStore:
     # ------------------------------------------------------------------ replies
 
     async def checkpoint(self, message_id: str, content: str) -> None:
+        # Concurrent calls share one write (checkpoints.py states the invariants).
+        if self._closed:
+            raise Unavailable("the store is closed")
+        self._check_storable(content)
+        await self._checkpoints.checkpoint(message_id, content)
+
+    def _check_storable(self, content: str) -> None:
+        """Raise what the driver would raise for ``content``, to this caller
+        alone: one unstorable text must not fail a whole batch, every interval."""
+        if not content.isascii():
+            content.encode()  # a lone surrogate: UnicodeEncodeError, as both drivers raise
+        if not self._sqlite and "\x00" in content:
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+
+    async def _write_checkpoints(self, take_batch: TakeBatch) -> None:
+        """One batch of checkpoints, in one statement: see _POSTGRES_CHECKPOINTS."""
         async with self._session(write=True):
-            await self._run(self._sql.checkpoint, _rowcount, id=message_id, content=content)
+            batch = take_batch()  # only now: calls made while we waited go in too
+            if self._sqlite:
+                # Chunks commit one by one: if one fails, every caller gets the
+                # error, including some whose content went in (they retry).
+                pairs = [value for pair in batch.items() for value in pair]
+                for start in range(0, len(pairs), 2 * _SQLITE_CHECKPOINT_ROWS):
+                    chunk = pairs[start : start + 2 * _SQLITE_CHECKPOINT_ROWS]
+                    sql = _sqlite_checkpoints(len(chunk) // 2)
+                    await self._db.aio_execute_sql(sql, chunk, _rowcount)
+            else:
+                # Batches never overlap (one writer per store, and a reply is
+                # checkpointed by its own node only); should one ever deadlock
+                # with a multi-row renew_leases, PostgreSQL aborts one of the two,
+                # which is retried next interval (the batch's callers see Unavailable).
+                ids, contents = list(batch), list(batch.values())
+                await self._run(self._sql.checkpoints, _rowcount, ids=ids, contents=contents)
 
     async def finish(
         self,

@@ -7,16 +7,21 @@ placeholder, the conversion peewee would apply to a value there (the field's
 ``db_value``). :meth:`Statement.bind` then makes the parameters of one call
 without generating SQL again. The text and the conversions are peewee's; only
 the work of producing them is not repeated.
+
+What peewee cannot express (PostgreSQL's data-modifying CTEs) is written as SQL
+text with ``{name}`` placeholders and prepared the same way, once, by
+:func:`compile_text`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import peewee
 
-__all__ = ["Param", "Statement", "compile_query"]
+__all__ = ["Param", "Statement", "compile_query", "compile_text"]
 
 
 class Param:
@@ -93,3 +98,24 @@ def compile_query(database: peewee.Database, query: peewee.Node) -> Statement:
     context = _TemplateContext(**database.get_context_options())
     sql, params = context.sql(query).query()
     return Statement(sql, params)
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def compile_text(
+    database: peewee.Database,
+    text: str,
+    converters: Mapping[str, Callable[[Any], Any]] | None = None,
+) -> Statement:
+    """SQL written by hand, with ``{name}`` where a per-call value goes, for ``database``.
+
+    Each placeholder becomes the driver's (``%s`` or ``?``); a name may appear
+    more than once. ``converters`` maps a name to what peewee would apply to
+    its value (a field's ``db_value``); other values are bound as given. The
+    text is not otherwise touched: on PostgreSQL a literal ``%`` must be ``%%``.
+    """
+    converters = converters or {}
+    names = _PLACEHOLDER.findall(text)
+    sql = _PLACEHOLDER.sub(lambda _: str(database.param), text)
+    return Statement(sql, [_Slot(name, converters.get(name)) for name in names])

@@ -10,7 +10,7 @@ import pytest
 
 from sanic_chat.core.ports import MessageStore
 
-from .support import BACKENDS, SQL_BACKENDS, Stores, stores_for
+from .support import BACKENDS, POSTGRES, SQL_BACKENDS, Stores, stores_for
 
 
 @pytest.fixture(params=BACKENDS)
@@ -24,6 +24,15 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @pytest.fixture(params=SQL_BACKENDS)
 async def sql_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    opened = stores_for(request.param, tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture(params=[POSTGRES])
+async def postgres_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     opened = stores_for(request.param, tmp_path)
     try:
         yield opened

@@ -21,8 +21,9 @@ from sanic_chat.core.records import utcnow
 from sanic_chat.store import MemoryMessageStore, open_store
 from tests.conftest import require_postgres
 
-BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+BACKENDS = ["memory", "sqlite", POSTGRES]
+SQL_BACKENDS = ["sqlite", POSTGRES]
 
 
 class Stores:

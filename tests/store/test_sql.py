@@ -10,18 +10,21 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import peewee
 import psycopg2
 import pytest
 
-from sanic_chat.core.errors import Conflict, Unavailable
+from sanic_chat.core.errors import Conflict, NotFound, Unavailable
+from sanic_chat.core.ports import MessageStore, new_conversation_id
 from sanic_chat.store import open_store
-from sanic_chat.store.database import parse_url
+from sanic_chat.store import sql as sql_module
+from sanic_chat.store.database import PostgresPool, connect_database, parse_url
 from sanic_chat.store.sql import SqlMessageStore
 from tests.conftest import require_postgres
 
-from .support import Stores, post
+from .support import Stores, post, soon, stores_for
 
 # --------------------------------------------------------------------------- two nodes
 
@@ -83,6 +86,372 @@ async def test_a_message_cycle_generates_no_sql_text(
         await store.finish(posted.reply.id, content="Hello", status="complete")
         await store.interrupt_orphans(now=posted.user.created_at)
     assert generated == []
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+class Statements:
+    """Every statement a store sends (its database's one way out), and a way to hold
+    back or fail the ones that start with some text."""
+
+    def __init__(self, store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        #: set when a statement is first held back
+        self.holding = asyncio.Event()
+        self.held = 0
+        self.hold: str | None = None
+        self.fail: tuple[str, Exception] | None = None
+        self._execute = store._db.aio_execute_sql
+        monkeypatch.setattr(store._db, "aio_execute_sql", self._spy)
+
+    async def _spy(self, sql: str, params: Any = None, fetch: Any = None) -> Any:
+        self.sent.append(sql)
+        if self.hold is not None and sql.lstrip().startswith(self.hold):
+            self.held += 1
+            self.holding.set()
+            await self.gate.wait()
+        if self.fail is not None and sql.lstrip().startswith(self.fail[0]):
+            raise self.fail[1]
+        return await self._execute(sql, params, fetch)
+
+    def count(self, prefix: str = "") -> int:
+        return sum(sql.lstrip().startswith(prefix) for sql in self.sent)
+
+
+async def test_a_post_is_one_statement_on_postgres_and_its_history_one_more(
+    postgres_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await postgres_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    statements = Statements(store, monkeypatch)
+    first = await post(store)  # a new conversation
+    assert statements.count() == 1
+    assert first.reply is not None
+    await store.finish(first.reply.id, content="done", status="complete")
+
+    statements.sent.clear()
+    second = await store.post_user_message(
+        "alice",
+        conversation_id=first.conversation.id,
+        client_id="c-2",
+        content="again",
+        model="demo",
+        node_id="n",
+        lease_until=soon(),
+        history_max_chars=1000,
+    )
+    assert statements.count() == 2  # the write, then the history
+    assert second.created and second.history is not None
+    assert [m.content for m in second.history] == ["hello", "done", "again"]
+    assert second.conversation.updated_at == second.user.created_at
+    assert await store.get_conversation("alice", first.conversation.id) == second.conversation
+    assert await store.list_messages("alice", first.conversation.id) == [
+        first.user,
+        await store.get_message("alice", first.reply.id),
+        second.user,
+        second.reply,
+    ]
+
+
+async def test_racing_duplicates_do_not_bump_the_conversation(sql_stores: Stores) -> None:
+    nodes = [await sql_stores.open() for _ in range(3)]
+    conversation = await nodes[0].create_conversation("alice")
+    results = await asyncio.gather(
+        *(post(nodes[i % 3], conversation_id=conversation.id, client_id="same") for i in range(12))
+    )
+    (winner,) = [r for r in results if r.created]
+    stored = await nodes[0].get_conversation("alice", conversation.id)
+    assert stored == winner.conversation  # bumped once, by the post that stored something
+    assert all(r.conversation == stored for r in results)
+
+
+@pytest.mark.postgres
+async def test_postgres_first_post_racing_its_retry_across_nodes_returns_the_winners_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retry's statement starts before the first post commits the new
+    conversation, so its snapshot cannot see it: it runs again and finds it."""
+    stores, admin, app = await _tagged_postgres()
+    try:
+        store = await stores.open()
+        assert isinstance(store, SqlMessageStore)
+        conversation_id = new_conversation_id("alice", "c-1")
+        with admin.cursor() as cursor:  # the first post, in a transaction still open
+            cursor.execute(
+                "INSERT INTO conversation VALUES (%s, 'alice', 'hi', 'demo', now(), now())",
+                (conversation_id,),
+            )
+            cursor.execute(
+                "INSERT INTO message (id, conversation_id, role, content, status, client_id,"
+                " created_at) VALUES ('u-1', %s, 'user', 'hi', 'complete', 'c-1', now())",
+                (conversation_id,),
+            )
+        statements = Statements(store, monkeypatch)
+        retry = asyncio.create_task(post(store, client_id="c-1", content="hi"))
+        await _until_waiting_on_a_lock(app)
+        admin.commit()
+        posted = await asyncio.wait_for(retry, timeout=10)
+        assert posted.created is False and posted.user.id == "u-1"
+        assert posted.conversation.id == conversation_id
+        assert len(await store.list_messages("alice", conversation_id) or []) == 1
+        assert statements.count("WITH created AS") == 1
+        assert statements.count("WITH existing AS") == 1
+    finally:
+        admin.close()
+        await stores.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_conversation_deleted_under_a_post_is_not_found_and_nothing_stored() -> (
+    None
+):
+    stores, admin, app = await _tagged_postgres()
+    try:
+        store = await stores.open()
+        conversation = await store.create_conversation("alice")
+        with admin.cursor() as cursor:
+            cursor.execute("DELETE FROM conversation WHERE id = %s", (conversation.id,))
+        task = asyncio.create_task(post(store, conversation_id=conversation.id))
+        await _until_waiting_on_a_lock(app)
+        admin.commit()
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(task, timeout=10)
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM message")
+            assert cursor.fetchone() == (0,)
+    finally:
+        admin.close()
+        await stores.aclose()
+
+
+async def _tagged_postgres() -> tuple[Stores, Any, str]:
+    """Stores whose connections carry a unique application_name, and an admin
+    connection (in that schema, not autocommit) to race them with."""
+    url = require_postgres()
+    app = f"store_test_{uuid.uuid4().hex[:12]}"
+    tagged = f"{url}{'&' if '?' in url else '?'}application_name={app}"
+    stores = Stores("postgres", tagged, f"test_store_{app}")
+    await (await stores.open()).close()  # the schema, migrated
+    admin = psycopg2.connect(url, connect_timeout=5)
+    with admin.cursor() as cursor:
+        cursor.execute(f'SET search_path TO "{stores.schema}"')
+    admin.commit()
+    return stores, admin, app
+
+
+async def _until_waiting_on_a_lock(app: str) -> None:
+    watcher = psycopg2.connect(require_postgres(), connect_timeout=5)
+    watcher.autocommit = True
+    try:
+        with watcher.cursor() as cursor:
+            for _ in range(250):
+                await asyncio.sleep(0.02)
+                cursor.execute(
+                    "SELECT 1 FROM pg_stat_activity "
+                    "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (app,),
+                )
+                if cursor.fetchall():
+                    return
+    finally:
+        watcher.close()
+    pytest.fail("the post never waited on a lock")
+
+
+# --------------------------------------------------------------------------- checkpoint batches
+
+
+async def _streaming_replies(store: MessageStore, n: int) -> list[str]:
+    replies = [(await post(store)).reply for _ in range(n)]
+    return [reply.id for reply in replies if reply is not None]
+
+
+async def _contents(store: MessageStore, ids: list[str]) -> list[str | None]:
+    messages = [await store.get_message("alice", id_) for id_ in ids]
+    return [message.content if message else None for message in messages]
+
+
+async def test_concurrent_checkpoints_are_one_statement(
+    sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await sql_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    ids = await _streaming_replies(store, 30)
+    statements = Statements(store, monkeypatch)
+    await asyncio.gather(*(store.checkpoint(id_, f"partial {i} ✓") for i, id_ in enumerate(ids)))
+    assert statements.count() == 1
+    assert await _contents(store, ids) == [f"partial {i} ✓" for i in range(30)]
+
+
+async def test_checkpoints_made_during_a_write_are_the_next_statement(
+    sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await sql_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    ids = await _streaming_replies(store, 10)
+    statements = Statements(store, monkeypatch)
+    statements.hold, statements.gate = "UPDATE", asyncio.Event()
+    first = asyncio.create_task(store.checkpoint(ids[0], "first"))
+    await asyncio.wait_for(statements.holding.wait(), timeout=10)
+    later = [asyncio.create_task(store.checkpoint(id_, "later")) for id_ in ids]
+    await asyncio.sleep(0.01)
+    assert statements.held == 1  # one write in flight at a time
+    statements.gate.set()
+    await asyncio.gather(first, *later)
+    assert statements.count() == 2
+    assert await _contents(store, ids) == ["later"] * 10  # the newer content won
+
+
+async def test_a_checkpoint_batch_leaves_finished_replies_as_they_finished(
+    sql_stores: Stores,
+) -> None:
+    store = await sql_stores.open()
+    streaming, finished = await _streaming_replies(store, 2)
+    done = await store.finish(finished, content="the end", status="complete")
+    await asyncio.gather(store.checkpoint(streaming, "more"), store.checkpoint(finished, "late"))
+    assert await store.get_message("alice", finished) == done
+    assert await _contents(store, [streaming]) == ["more"]
+
+
+async def test_a_failed_checkpoint_batch_fails_every_caller_in_it(
+    sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await sql_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    ids = await _streaming_replies(store, 5)
+    statements = Statements(store, monkeypatch)
+    lost = (
+        sqlite3.OperationalError("disk I/O error")
+        if store.backend == "sqlite"
+        else psycopg2.OperationalError("server closed the connection unexpectedly")
+    )
+    statements.fail = ("UPDATE", lost)
+    results = await asyncio.gather(
+        *(store.checkpoint(id_, "x") for id_ in ids), return_exceptions=True
+    )
+    assert statements.count() == 1
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert await _contents(store, ids) == [""] * 5
+    statements.fail = None
+    await asyncio.gather(*(store.checkpoint(id_, "y") for id_ in ids))
+    assert await _contents(store, ids) == ["y"] * 5
+
+
+async def test_an_unstorable_checkpoint_fails_alone_and_the_rest_of_its_batch_is_written(
+    sql_stores: Stores,
+) -> None:
+    store = await sql_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    ids = await _streaming_replies(store, 3)
+    nul = "a\x00b"  # PostgreSQL cannot store it; SQLite can, and keeps all of it
+    results = await asyncio.gather(
+        store.checkpoint(ids[0], "fine"),
+        store.checkpoint(ids[1], "lone \ud800 surrogate"),
+        store.checkpoint(ids[2], nul),
+        return_exceptions=True,
+    )
+    assert results[0] is None and isinstance(results[1], UnicodeEncodeError)
+    if store.backend == "sqlite":
+        assert results[2] is None
+        assert await _contents(store, ids) == ["fine", "", nul]
+    else:
+        assert isinstance(results[2], ValueError)
+        assert await _contents(store, ids) == ["fine", "", ""]
+
+
+async def test_a_large_sqlite_batch_is_written_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = stores_for("sqlite", tmp_path)
+    try:
+        store = await stores.open()
+        assert isinstance(store, SqlMessageStore)
+        ids = await _streaming_replies(store, 7)
+        monkeypatch.setattr(sql_module, "_SQLITE_CHECKPOINT_ROWS", 3)
+        statements = Statements(store, monkeypatch)
+        await asyncio.gather(*(store.checkpoint(id_, f"part {i}") for i, id_ in enumerate(ids)))
+        assert statements.count("UPDATE") == 3
+        assert await _contents(store, ids) == [f"part {i}" for i in range(7)]
+    finally:
+        await stores.aclose()
+
+
+async def test_close_writes_the_checkpoints_already_asked_for(sql_stores: Stores) -> None:
+    store = await sql_stores.open()
+    ids = await _streaming_replies(store, 10)
+    pending = [asyncio.create_task(store.checkpoint(id_, "kept")) for id_ in ids]
+    await asyncio.sleep(0)  # asked for, not yet written
+    await asyncio.wait_for(store.close(), timeout=10)
+    await asyncio.wait_for(asyncio.gather(*pending), timeout=10)
+    with pytest.raises(Unavailable):
+        await store.checkpoint(ids[0], "too late")
+    reopened = await sql_stores.open()
+    assert await _contents(reopened, ids) == ["kept"] * 10
+
+
+# --------------------------------------------------------------------------- the PostgreSQL pool
+
+
+@pytest.mark.postgres
+async def test_postgres_pool_opens_at_most_its_size_and_reuses_the_newest_connection() -> None:
+    database = connect_database(parse_url(f"{require_postgres()}?pool_size=3"))
+
+    async def fetch(_: object, cursor: Any) -> list[Any]:
+        return list(await cursor.fetchall())
+
+    async def backend_pid(sleep: float = 0.0) -> int:
+        result = await database.aio_execute_sql(
+            "SELECT pg_backend_pid(), pg_sleep(%s)", (sleep,), fetch
+        )
+        return int(result[0][0])
+
+    try:
+        burst = await asyncio.gather(*(backend_pid(0.05) for _ in range(9)))
+        assert len(set(burst)) == 3
+        # one after another, on one connection: the one used last, still warm
+        quiet = [await backend_pid() for _ in range(5)]
+        assert len(set(quiet)) == 1
+    finally:
+        await database.aio_close()
+
+
+async def _pid(conn: Any) -> int:
+    async with conn.cursor() as cursor:
+        await cursor.execute("SELECT pg_backend_pid()")
+        row = await cursor.fetchone()
+    return int(row[0])
+
+
+@pytest.mark.postgres
+async def test_postgres_pool_closes_connections_left_idle_or_handed_back_mid_transaction() -> None:
+    parsed = parse_url(require_postgres())
+    pool = PostgresPool(
+        size=2,
+        timeout=5,
+        connect={"database": parsed.database, "host": parsed.host, "port": parsed.port}
+        | ({"user": parsed.user} if parsed.user else {}),
+        idle_timeout=0.05,
+    )
+    try:
+        conn = await pool.acquire()
+        first = await _pid(conn)
+        pool.release(conn)
+        again = await pool.acquire()
+        assert await _pid(again) == first  # fresh enough: reused
+        pool.release(again)
+        await asyncio.sleep(0.1)
+        later = await pool.acquire()
+        assert conn.closed and await _pid(later) != first  # stale: closed, replaced
+        async with later.cursor() as cursor:
+            await cursor.execute("BEGIN")
+        pool.release(later)  # mid-transaction: never handed to anyone else
+        assert later.closed
+        assert not pool.has_acquired_connections()
+    finally:
+        pool.close()
 
 
 # --------------------------------------------------------------------------- migrations, durability

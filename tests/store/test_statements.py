@@ -11,7 +11,7 @@ import pytest
 
 from sanic_chat.store.database import connect_database, parse_url
 from sanic_chat.store.models import ConversationRow, MessageRow
-from sanic_chat.store.statements import Param, compile_query
+from sanic_chat.store.statements import Param, compile_query, compile_text
 
 DIALECTS = {
     "sqlite": "sqlite:///:memory:",
@@ -81,3 +81,29 @@ def test_a_name_used_twice_takes_one_value_and_a_missing_one_is_an_error() -> No
     assert statement.bind({"id": "m-1"}) == ["m-1", "m-1"]
     with pytest.raises(KeyError):
         statement.bind({})
+
+
+@pytest.mark.parametrize("backend", DIALECTS)
+def test_hand_written_sql_takes_the_dialects_placeholders_and_converts_as_told(
+    backend: str,
+) -> None:
+    database = connect_database(parse_url(DIALECTS[backend]))
+    convert_time = MessageRow.created_at.db_value
+    statement = compile_text(
+        database,
+        "UPDATE message SET content = {content} WHERE id = {id} OR reply_to = {id}"
+        " AND created_at < {at}",
+        {"at": convert_time},
+    )
+    mark = "?" if backend == "sqlite" else "%s"
+    assert statement.sql == (
+        f"UPDATE message SET content = {mark} WHERE id = {mark} OR reply_to = {mark}"
+        f" AND created_at < {mark}"
+    )
+    assert statement.names == {"content", "id", "at"}
+    assert statement.bind({"content": "hi", "id": "m-1", "at": NOW}) == [
+        "hi",
+        "m-1",
+        "m-1",
+        convert_time(NOW),
+    ]
