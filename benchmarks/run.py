@@ -231,6 +231,71 @@ def cpu_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: the server's own histograms reported next to the load generator's view
+SERVER_HISTOGRAMS = (
+    "sanic_chat_event_loop_lag_seconds",
+    "sanic_chat_persist_seconds",
+    "sanic_chat_first_chunk_seconds",
+)
+
+
+def server_histograms(url: str) -> dict[str, dict[str, float]]:
+    """{histogram: {"le bound" or "sum"/"count": cumulative value}} from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.name not in SERVER_HISTOGRAMS:
+                continue
+            values = out.setdefault(family.name, {})
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    key = sample.labels["le"]
+                elif sample.name.endswith("_sum"):
+                    key = "sum"
+                elif sample.name.endswith("_count"):
+                    key = "count"
+                else:
+                    continue
+                values[key] = values.get(key, 0.0) + sample.value
+    return out
+
+
+def histogram_delta(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float | None]]:
+    """Mean, and p50/p99 as the bucket bound they fall under, in ms, of what each
+    histogram observed between the two scrapes."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, values in after.items():
+        old = before.get(name, {})
+        count = values.get("count", 0.0) - old.get("count", 0.0)
+        if count <= 0:
+            continue
+        total = values.get("sum", 0.0) - old.get("sum", 0.0)
+        bounds = sorted(
+            (float(k), values[k] - old.get(k, 0.0)) for k in values if k not in ("sum", "count")
+        )
+
+        def quantile(
+            q: float, bounds: list[tuple[float, float]] = bounds, n: float = count
+        ) -> float | None:
+            for bound, cumulative in bounds:
+                if cumulative >= q * n:
+                    return None if bound == float("inf") else round(bound * 1000, 1)
+            return None
+
+        out[name.removeprefix("sanic_chat_").removesuffix("_seconds")] = {
+            "count": count,
+            "mean_ms": round(total / count * 1000, 1),
+            "p50_le_ms": quantile(0.5),
+            "p99_le_ms": quantile(0.99),
+        }
+    return out
+
+
 def wait_idle(max_wait: float, threshold_cores: float = 0.3) -> float:
     """Wait (at most ``max_wait`` s) until other jobs leave the CPU nearly idle,
     so that a run measures the server and not a neighbour; the busy cores seen last."""
@@ -474,6 +539,7 @@ class Bench:
             print(f"   (other jobs kept {busy} cores busy when it started)", flush=True)
         self.sampler.watch("server", target.process.pid)
         mark = self.sampler.mark()
+        histograms_before = server_histograms(target.url) if sanic_chat else {}
         generator = subprocess.Popen(
             argv, cwd=ROOT, env=self.base_env, stdout=subprocess.PIPE, preexec_fn=_priority
         )
@@ -502,6 +568,10 @@ class Bench:
                 server_cpu / 100.0 * result["wall_s"] * 1000.0 / whole["completed"], 1
             )
         result["resource_samples"] = self.sampler.window(mark)
+        if sanic_chat:
+            result["server_view"] = histogram_delta(
+                histograms_before, server_histograms(target.url)
+            )
         result["command"] = "python -m benchmarks.load " + shown
         return result
 
@@ -519,6 +589,7 @@ class Bench:
             f"py-spy record --pid {target.process.pid} --duration 5 --rate 100 --nonblocking "
             f"-o {shlex.quote(str(svg))}"
         )
+        out.mkdir(parents=True, exist_ok=True)
         log = (out / f"{label}-profile.log").open("wb")
         return subprocess.Popen(["sh", "-c", cmd], stdout=log, stderr=subprocess.STDOUT)
 
@@ -637,6 +708,13 @@ def comparison_table(chat: dict[str, Any], floor: dict[str, Any] | None) -> str:
     text += (
         f"Load generator event-loop lag p99: {lag_c} ms (sanic-chat run), {lag_f} ms (floor run).\n"
     )
+    view = chat.get("server_view") or {}
+    if view:
+        parts = [
+            f"{name.replace('_', ' ')} mean {v['mean_ms']} ms, p99 under {v['p99_le_ms']} ms"
+            for name, v in view.items()
+        ]
+        text += "sanic-chat's own histograms (`/metrics`, first round): " + "; ".join(parts) + ".\n"
     return text
 
 
@@ -860,6 +938,9 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
                         **_headline(result),
                         "resources": result["resources"],
                         "lag_p99": result["generator"]["loop_lag_ms_p99"],
+                        "server_lag": (result.get("server_view") or {})
+                        .get("event_loop_lag", {})
+                        .get("mean_ms", "-"),
                         "connect_errors": result["connections"]["connect_errors"],
                     }
                 )
@@ -883,7 +964,7 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         + _cpu_estimate(outcomes, args.think_time)
         + "| target | users | pass | TTFC p50 / p99, ms | persist p99, ms | full reply p50, ms "
         "| completed | server CPU % (ms per reply) | load generator / fake LLM / PostgreSQL CPU % "
-        "| other jobs, cores | generator lag p99, ms |\n"
+        "| other jobs, cores | server / generator event-loop lag, mean / p99 ms |\n"
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     for name, runs in outcomes.items():
@@ -898,7 +979,8 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
                 f"| {name} | {o['users']} | {'yes' if o['passed'] else 'no'} | "
                 f"{_num(o['ttfc_p50'])} / {_num(o['ttfc_p99'])} | {_num(o['persist_p99'])} | "
                 f"{_num(o['full_p50'])} | {o['completed']}/{o['messages']} | "
-                f"{cpu} ({o['cpu_ms_per_reply']}) | {helpers} | {others} | {o['lag_p99']} |\n"
+                f"{cpu} ({o['cpu_ms_per_reply']}) | {helpers} | {others} | "
+                f"{o.get('server_lag', '-')} / {o['lag_p99']} |\n"
             )
     png = _capacity_plot(outcomes)
     body += "\n" + _images([png]) + "\n"

@@ -3,6 +3,7 @@ transports and the HTTP API together. Nothing else imports from all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
@@ -25,8 +26,9 @@ from .core.ports import Bus, MessageStore
 from .core.service import ChatService, ServiceHooks
 from .core.settings import CoreSettings
 from .logging import bind_request
-from .metrics import Metrics
+from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
+from .runtime import tune_garbage_collector
 from .security import Security
 from .transports.base import TransportContext
 
@@ -151,6 +153,11 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         await service.start()
         app.ctx.service = service
         context.service = service
+        if settings.gc_threshold is not None:
+            tune_garbage_collector(settings.gc_threshold)
+        app.ctx.loop_lag = asyncio.get_running_loop().create_task(
+            watch_event_loop_lag(metrics), name="event-loop-lag"
+        )
 
     @app.before_server_stop
     async def drain(app: Sanic[Any, Any]) -> None:
@@ -167,6 +174,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
 
     @app.after_server_stop
     async def close_everything(app: Sanic[Any, Any]) -> None:
+        lag_watch: asyncio.Task[None] | None = getattr(app.ctx, "loop_lag", None)
+        if lag_watch is not None:
+            lag_watch.cancel()
         service: ChatService | None = getattr(app.ctx, "service", None)
         if service is None:
             return

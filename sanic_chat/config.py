@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .runtime import DEFAULT_GC_THRESHOLD
+
 __all__ = ["ConfigError", "RateLimit", "Settings", "default_data_dir"]
 
 
@@ -83,6 +85,9 @@ class Settings:
     #: text is never held back)
     coalesce_ms: float = 40.0
     coalesce_above: int = 32
+    #: the garbage collector's thresholds once serving (None: Python's own);
+    #: see runtime.py for why they are raised
+    gc_threshold: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLD
     history_max_chars: int = 24_000
     max_content_chars: int = 32_000
     #: per-connection outbound queue bounds; past them a consumer is dropped (resumable)
@@ -135,6 +140,23 @@ class Settings:
             if value < minimum:
                 raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
             return value
+
+        def gc_threshold() -> tuple[int, int, int] | None:
+            raw = get("GC_THRESHOLD")
+            if raw is None:
+                return DEFAULT_GC_THRESHOLD
+            if raw.strip().lower() == "default":
+                return None
+            try:
+                parts = tuple(int(p) for p in raw.split(","))
+            except ValueError:
+                parts = ()
+            if len(parts) != 3 or min(parts) < 1:
+                raise ConfigError(
+                    f"SANIC_CHAT_GC_THRESHOLD={raw!r} must be three positive whole numbers "
+                    "like 20000,50,100, or 'default' for Python's own"
+                )
+            return (parts[0], parts[1], parts[2])
 
         data_dir = Path(get("DATA_DIR") or default_data_dir()).expanduser()
         database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'chat.db'}"
@@ -231,6 +253,7 @@ class Settings:
             heartbeat_s=number("HEARTBEAT_S", 15.0, minimum=0.1),
             coalesce_ms=number("COALESCE_MS", 40.0),
             coalesce_above=integer("COALESCE_ABOVE", 32, minimum=0),
+            gc_threshold=gc_threshold(),
             history_max_chars=integer("HISTORY_MAX_CHARS", 24_000),
             max_content_chars=integer("MAX_CONTENT_CHARS", 32_000),
             outbox_max_chars=integer("OUTBOX_MAX_CHARS", 2_000_000, minimum=1_000),

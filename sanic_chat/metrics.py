@@ -10,12 +10,13 @@ over all of them (gauges: the live workers' sum).
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
 
-__all__ = ["Metrics", "multiprocess_dir"]
+__all__ = ["LOOP_LAG_INTERVAL_S", "Metrics", "multiprocess_dir", "watch_event_loop_lag"]
 
 
 def multiprocess_dir() -> str | None:
@@ -66,6 +67,13 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.event_loop_lag_seconds = Histogram(
+            "sanic_chat_event_loop_lag_seconds",
+            "How late a timer set on the event loop fires: the wait every ready task "
+            "has before it runs (sampled twice a second)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.provider_errors = Counter(
             "sanic_chat_provider_errors", "Replies that failed, by error code", ["code"], registry=r
         )
@@ -98,3 +106,17 @@ class Metrics:
             from prometheus_client.multiprocess import mark_process_dead
 
             mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+
+#: how often the event loop's lag is sampled
+LOOP_LAG_INTERVAL_S = 0.5
+
+
+async def watch_event_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe, forever, how much later than asked a sleep ends: on a saturated
+    loop, every await waits about that long for its turn."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        metrics.event_loop_lag_seconds.observe(max(0.0, loop.time() - asked))

@@ -115,7 +115,11 @@ class DatabaseUrl:
         """The pool's size. One for ``:memory:``: each connection would be its own database."""
         if self.in_memory:
             return 1
-        return self.pool_size or (4 if self.backend == "sqlite" else 10)
+        # PostgreSQL: under load each statement also waits out the event loop's
+        # turn, so a connection is held longer than the query takes; with 10 the
+        # pool itself became the queue at ~1,000 users (benchmarks/RESULTS.md).
+        # Connections are opened only as needed.
+        return self.pool_size or (4 if self.backend == "sqlite" else 32)
 
 
 def _bad(url: str, why: str) -> ValueError:

@@ -276,3 +276,19 @@ def test_first_chunk_latency_is_recorded_in_metrics(server: RunningServer) -> No
 def test_the_page_is_served(server: RunningServer, tmp_path: Path) -> None:
     response = httpx.get(server.base_url + "/")
     assert response.headers["content-type"].startswith("text/html")
+
+
+def test_the_event_loop_lag_is_sampled_into_metrics(server: RunningServer) -> None:
+    """Sampled twice a second from start-up: a running server has observations."""
+    import time
+
+    deadline = time.monotonic() + 5
+    count = 0.0
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
+            if line.startswith("sanic_chat_event_loop_lag_seconds_count"):
+                count = float(line.rsplit(" ", 1)[1])
+        if count > 0:
+            break
+        time.sleep(0.25)
+    assert count > 0
