@@ -312,6 +312,31 @@ def wait_idle(max_wait: float, threshold_cores: float = 0.3) -> float:
 # --------------------------------------------------------------------------- the bench
 
 
+#: what the server and the floor stand on: their versions move the numbers
+#: (the floor's upstream reads go through httpcore on anyio)
+_PACKAGES = (
+    "httpx",
+    "httpcore",
+    "anyio",
+    "h11",
+    "httptools",
+    "uvloop",
+    "websockets",
+    "aiopg",
+    "psycopg2-binary",
+)
+
+
+def _package_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in _PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(f"{name} {version(name)}")
+    return ", ".join(found)
+
+
 def machine() -> dict[str, str]:
     def run(cmd: str) -> str:
         try:
@@ -337,6 +362,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "sanic": sanic.__version__,
         "postgres": run("psql -h 127.0.0.1 -U postgres -d test -Atc 'show server_version'"),
+        "packages": _package_versions(),
         "commit": run(f"git -C {ROOT} rev-parse --short HEAD"),
         "uncommitted": str(len(run(f"git -C {ROOT} status --porcelain -uno").splitlines())),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1236,6 +1262,7 @@ def write_results(name: str, body: str, info: dict[str, str]) -> None:
         f"- CPU: {info['cpu']}, `nproc`: {info['nproc']}\n"
         f"- Python {info['python']}, Sanic {info['sanic']}, PostgreSQL {info['postgres']}, "
         f"Linux {info['kernel']}\n"
+        f"- packages: {info.get('packages', '?')}\n"
         "- `free -h`:\n\n```\n" + info["free"] + "\n```\n"
     )
     text = _replace_section(text, "machine", machine_text)

@@ -153,8 +153,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         await service.start()
         app.ctx.service = service
         context.service = service
-        if settings.gc_threshold is not None:
-            tune_garbage_collector(settings.gc_threshold)
+        tune_garbage_collector(settings.gc_threshold)
         app.ctx.loop_lag = asyncio.get_running_loop().create_task(
             watch_event_loop_lag(metrics), name="event-loop-lag"
         )

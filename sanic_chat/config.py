@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runtime import DEFAULT_GC_THRESHOLD
-
 __all__ = ["ConfigError", "RateLimit", "Settings", "default_data_dir"]
 
 
@@ -86,8 +84,8 @@ class Settings:
     coalesce_ms: float = 40.0
     coalesce_above: int = 32
     #: the garbage collector's thresholds once serving (None: Python's own);
-    #: see runtime.py for why they are raised
-    gc_threshold: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLD
+    #: see runtime.py for the latency/memory trade-off
+    gc_threshold: tuple[int, int, int] | None = None
     history_max_chars: int = 24_000
     max_content_chars: int = 32_000
     #: per-connection outbound queue bounds; past them a consumer is dropped (resumable)
@@ -143,9 +141,7 @@ class Settings:
 
         def gc_threshold() -> tuple[int, int, int] | None:
             raw = get("GC_THRESHOLD")
-            if raw is None:
-                return DEFAULT_GC_THRESHOLD
-            if raw.strip().lower() == "default":
+            if raw is None or raw.strip().lower() == "default":
                 return None
             try:
                 parts = tuple(int(p) for p in raw.split(","))

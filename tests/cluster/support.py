@@ -155,8 +155,9 @@ def run_node(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[
             )
             try:
                 wait_ready(f"{server.base_url}/healthz", process, log_path)
-                # the first worker up answers /healthz; a SIGTERM while another is still
-                # starting makes Sanic's manager wait 30 s for it, then SIGKILL them all
+                # the first worker up answers /healthz; a test starts once every worker
+                # serves (a worker told to stop while still starting may die of the
+                # signal, or miss it and be stopped only when the main process exits)
                 workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
                 _wait_workers_ready(server, workers)
                 yield server
@@ -167,11 +168,14 @@ def run_node(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[
 
 
 def _wait_workers_ready(server: RunningServer, workers: int, timeout: float = 30.0) -> None:
+    """Until every worker logged "Worker ready". Polled often, so that a test that acts at
+    once acts within moments of the last one -- before Sanic's main process has taken
+    note of it (it looks every 0.1 s), the moment of start-up races."""
     deadline = time.monotonic() + timeout
     while server.log().count("Worker ready") < workers:
         assert server.process.poll() is None, server.log()
         assert time.monotonic() < deadline, server.log()
-        time.sleep(0.05)
+        time.sleep(0.005)
 
 
 @contextlib.contextmanager

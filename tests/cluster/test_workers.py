@@ -112,3 +112,15 @@ async def test_sigterm_to_a_multi_worker_node_drains_every_worker(shared: Cluste
         report("drain of a 2-worker node: SIGTERM to exit", time.monotonic() - sent)
     assert results == [("generation.completed", 1001)] * 6
     assert node.process.returncode == 0
+
+
+async def test_a_sigterm_right_after_the_workers_started_stops_the_node(shared: Cluster) -> None:
+    # the workers log "Worker ready" a moment before Sanic's main process notes that they
+    # started (it looks every 0.1 s): the SIGTERM lands in between
+    with shared.node("node-workers-fresh", args=("--workers", "2")) as node:
+        node.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(node.process.wait, 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the node did not exit 30 s after SIGTERM; its log:\n{node.log()[-6000:]}")
+    assert node.process.returncode == 0, node.log()[-6000:]

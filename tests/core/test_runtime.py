@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from sanic_chat.config import ConfigError, Settings
-from sanic_chat.runtime import DEFAULT_GC_THRESHOLD, tune_garbage_collector
+from sanic_chat.runtime import tune_garbage_collector
 
 
 @pytest.fixture
@@ -19,6 +19,13 @@ def restored_gc() -> Iterator[None]:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_by_default_only_freezing_happens(restored_gc: None) -> None:
+    before = gc.get_threshold()
+    tune_garbage_collector(None)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() > 0
 
 
 def test_tuning_freezes_what_exists_and_sets_the_thresholds(restored_gc: None) -> None:
@@ -32,7 +39,7 @@ def test_tuning_freezes_what_exists_and_sets_the_thresholds(restored_gc: None) -
 def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
     import weakref
 
-    tune_garbage_collector()
+    tune_garbage_collector((20_000, 50, 100))
 
     class Node:
         other: object
@@ -48,7 +55,7 @@ def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (None, DEFAULT_GC_THRESHOLD),
+        (None, None),
         ("default", None),
         ("DEFAULT", None),
         ("1000,5,5", (1000, 5, 5)),
