@@ -281,6 +281,7 @@ class ChatService:
         self.running[generation.id] = generation
         self._owner_of[generation.id] = owner
         self._replies_of[owner] = self._replies_of.get(owner, 0) + 1
+        generation.start()  # the upstream request goes out next turn, not two turns on
         self.spawn(self._run(generation))
         return posted, accepted
 

@@ -51,6 +51,7 @@ __all__ = [
     "redact",
     "sse_events",
     "stream_with_retries",
+    "unbind_stream",
 ]
 
 _ERROR_BODY_LIMIT = 16 * 1024
@@ -266,6 +267,7 @@ class HttpProvider:
         headers = {"content-type": "application/json", **dict(self.spec.headers)}
         headers.update(self.build_headers())
         responded = False
+        response: httpx.Response | None = None
         try:
             async with self.client.stream(
                 "POST", self.url, content=content, headers=headers, timeout=self.timeout
@@ -288,10 +290,30 @@ class HttpProvider:
             raise error_from_transport(exc, vendor=self.vendor, responded=responded) from None
         except (httpx.HTTPError, httpx.StreamError) as exc:
             raise ProviderFailure(f"{self.vendor} stream broke ({type(exc).__name__})") from None
+        finally:
+            if response is not None:
+                unbind_stream(response)
 
     async def aclose(self) -> None:
         """The shared client belongs to the catalog, which closes it."""
         return None
+
+
+#: what a finished response's body is replaced with (see unbind_stream)
+_NO_BODY = httpx.ByteStream(b"")
+
+
+def unbind_stream(response: httpx.Response) -> None:
+    """Break the reference cycle httpx leaves on a closed streamed response.
+
+    ``AsyncClient.send`` wraps the body in a ``BoundAsyncStream`` that refers
+    back to its response, so each reply left its response, request, URL and
+    headers (14 objects) for the cyclic garbage collector. They lived through
+    the young collections (a reply streams for seconds) and piled into the
+    old generation, whose full collections stop the event loop. Called once
+    the response is closed (its body can no longer be read), this frees them
+    at once."""
+    response.stream = _NO_BODY
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

@@ -24,6 +24,7 @@ from ..core.errors import ChatError
 from ..core.events import ErrorEvent, encode_event
 from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
 from .base import TransportContext
+from .ws_receive import receive_message
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         sockets[ws] = (session.outbox, writer)
         try:
             while not writer.done():
-                raw = await ws.recv(timeout=min(context.idle_timeout_s, 5.0))
+                raw = await receive_message(ws, min(context.idle_timeout_s, 5.0))
                 if raw is None:
                     # idle means nothing sent either way (a reply streaming to a
                     # quiet reader is not idle)

@@ -643,3 +643,43 @@ async def test_post_p99_is_under_50_ms(sql_stores: Stores) -> None:
     took.sort()
     p99 = took[int(len(took) * 0.99) - 1]
     assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms"
+
+
+async def test_postgres_statements_leave_nothing_in_reference_cycles(
+    postgres_stores: Stores,
+) -> None:
+    """Each aiopg cursor and its transaction helper referred to each other: a
+    cycle per statement for the garbage collector, whose full passes stop the
+    event loop. Closed cursors let go, so a message's statements are freed by
+    reference counting."""
+    import gc
+
+    store = await postgres_stores.open()
+    first = await post(store)
+    assert first.reply is not None
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.garbage.clear()
+    try:
+        await store.checkpoint(first.reply.id, "partial")
+        await store.finish(first.reply.id, content="done", status="complete")
+        for i in range(5):
+            again = await store.post_user_message(
+                "alice",
+                conversation_id=first.conversation.id,
+                client_id=f"cycle-{i}",
+                content="again",
+                model="demo",
+                node_id="n",
+                lease_until=soon(),
+                history_max_chars=1000,
+            )
+            assert again.reply is not None
+            await store.finish(again.reply.id, content="ok", status="complete")
+        await store.list_messages("alice", first.conversation.id)
+        gc.collect()
+        in_cycles = [type(o).__name__ for o in gc.garbage if "aiopg" in type(o).__module__]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert in_cycles == []
