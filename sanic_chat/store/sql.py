@@ -35,11 +35,12 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 import peewee
 from peewee_async.databases import AioDatabase, FetchResults
 
@@ -102,6 +103,8 @@ _MESSAGE_COLUMNS = (
     MessageRow.created_at,
     MessageRow.completed_at,
 )
+#: the same, as column names (the hand-written post statement reads them)
+_HISTORY_COLUMNS = tuple(c.column_name for c in _MESSAGE_COLUMNS)
 # Both drivers return the text and integer columns as str / int / None, which is
 # what those fields' python_value makes of them; only the timestamps (all
 # UtcDateTimeField) need converting.
@@ -154,6 +157,23 @@ def _message(row: Sequence[Any]) -> Message:
     )
 
 
+def _fill(
+    kept: list[Message], used: int, newest_first: Iterable[Message], max_chars: int
+) -> tuple[int, bool]:
+    """Add messages to a context being built newest first, while they fit in
+    ``max_chars`` (the first is always kept; empty replies are skipped); stop
+    at the first that does not fit, so the context is a contiguous suffix.
+    Returns the characters used and whether one did not fit."""
+    for message in newest_first:
+        if message.role == "assistant" and not message.content:
+            continue
+        if kept and used + len(message.content) > max_chars:
+            return used, True
+        kept.append(message)
+        used += len(message.content)
+    return used, False
+
+
 # --------------------------------------------------------------------------- queries
 
 
@@ -203,7 +223,39 @@ user_row AS (
     WHERE id = {conversation_id}
         AND EXISTS (SELECT 1 FROM user_row) AND EXISTS (SELECT 1 FROM existing)
 )
-SELECT id, owner, title, model, created_at, updated_at, EXISTS (SELECT 1 FROM user_row)
+"""
+# The row a post returns: the conversation as it stands after the post, whether
+# the user message went in, and the context for the reply read in the same
+# statement (saving a round trip, and a turn of the event loop, before the
+# reply can start) -- with whether that read can be trusted. One statement
+# reads one snapshot, taken before it waited for the conversation's lock, so
+# it is trusted only when nothing changed in the conversation meanwhile:
+#
+# * ``fresh``: the conversation's updated_at in the snapshot is the one the
+#   lock found (a post committed in between bumped it);
+# * no message in the page is still ``streaming`` (a reply that finished in
+#   between reads at its last checkpoint in the snapshot; the reply insert
+#   succeeding means it did finish).
+#
+# Otherwise the history is read again after the post, as it always was.
+# Messages are final once not streaming, so a trusted page is exact.
+_POST_TO_EXISTING_RESULT = (
+    """
+SELECT id, owner, title, model, created_at, updated_at, EXISTS (SELECT 1 FROM user_row),
+    updated_at = (SELECT c.updated_at FROM conversation c WHERE c.id = {conversation_id}),
+    (SELECT json_agg(json_build_array("""
+    + ", ".join(f"h.{c}" for c in _HISTORY_COLUMNS)
+    + """) ORDER BY h.created_at DESC, h.id DESC)
+     FROM history h)::text
+FROM conversation_row
+"""
+)
+# A first message's context is the message itself, when this statement made
+# the conversation (nothing else can be in it); when it found one, the
+# history is read after the post.
+_POST_TO_NEW_RESULT = """
+SELECT id, owner, title, model, created_at, updated_at, EXISTS (SELECT 1 FROM user_row),
+    EXISTS (SELECT 1 FROM created), NULL
 FROM conversation_row
 """
 _EXISTING = """existing AS (
@@ -212,8 +264,30 @@ _EXISTING = """existing AS (
     WHERE id = {conversation_id} AND owner = {owner}
     FOR NO KEY UPDATE
 )"""
+#: the newest page of the conversation before the new user message (which
+#: this statement's snapshot cannot see: the post adds it in front)
+_HISTORY = (
+    """
+history AS (
+    SELECT """
+    + ", ".join(_HISTORY_COLUMNS)
+    + """
+    FROM message
+    WHERE conversation_id = {conversation_id}
+        AND (created_at < {now} OR (created_at = {now} AND id < {user_id}))
+    ORDER BY created_at DESC, id DESC
+    LIMIT """
+    + str(_HISTORY_PAGE - 1)
+    + """
+),"""
+)
 _POST_TO_EXISTING = (
-    "WITH " + _EXISTING + ", conversation_row AS (SELECT * FROM existing)," + _POST_WRITES
+    "WITH "
+    + _EXISTING
+    + ", conversation_row AS (SELECT * FROM existing),"
+    + _HISTORY
+    + _POST_WRITES
+    + _POST_TO_EXISTING_RESULT
 )
 # A first message: the conversation is created or -- a retry -- found. At
 # most one of the two CTEs yields it (a row inserted by this statement is not
@@ -235,6 +309,7 @@ _POST_TO_NEW = (
     SELECT * FROM existing
 ),"""
     + _POST_WRITES
+    + _POST_TO_NEW_RESULT
 )
 
 # Checkpoints, a batch in one statement (checkpoints.py). Conditional on
@@ -637,11 +712,13 @@ class SqlMessageStore:
             "now": now,
             "reply_at": now + REPLY_AFTER,
         }
+        #: the messages before this one, newest first, when the post read them
+        earlier: list[Message] | None = None
         async with self._session(write=True) as session:
             if self._sqlite:
                 conversation = await self._write_post_sqlite(new=new, **values)
             else:
-                conversation = await self._write_post_postgres(new=new, **values)
+                conversation, earlier = await self._write_post_postgres(new=new, **values)
             # Committed (or nothing written): what follows only reads.
             session.unlock()
             if conversation is None:
@@ -669,12 +746,21 @@ class SqlMessageStore:
             )
             history = None
             if history_max_chars is not None:
-                history = await self._history(conversation_id, user, history_max_chars)
+                if earlier is not None and len(earlier) < _HISTORY_PAGE - 1:
+                    kept: list[Message] = []
+                    _fill(kept, 0, [user, *earlier], history_max_chars)
+                    history = self._oldest_first(kept, user)
+                else:  # not read with the post, or more than a page to go through
+                    history = await self._history(conversation_id, user, history_max_chars)
         return Posted(conversation, user, reply, created=True, history=history)
 
-    async def _write_post_postgres(self, *, new: bool, **values: Any) -> Conversation | None:
+    async def _write_post_postgres(
+        self, *, new: bool, **values: Any
+    ) -> tuple[Conversation | None, list[Message] | None]:
         """A post's writes on PostgreSQL, in one statement (see _POST_TO_NEW): the
-        conversation as it stands after the post, or None if the client_id was seen."""
+        conversation as it stands after the post (None if the client_id was
+        seen), and the messages before the new one, newest first, when the
+        statement could read them (see _POST_TO_EXISTING_RESULT)."""
         try:
             rows = await self._run(
                 self._sql.post_to_new if new else self._sql.post_to_existing, _fetchall, **values
@@ -686,12 +772,18 @@ class SqlMessageStore:
             raise Conflict("a reply is already running in this conversation") from None
         if not rows:
             raise NotFound("conversation not found")
-        *columns, inserted = rows[0]
+        *columns, inserted, trusted, page = rows[0]
         if not inserted:
-            return None
+            return None, None
         # updated_at is now: the conversation was just created, or just bumped
         id_, owner, title, model, created_at, _ = columns
-        return Conversation(id_, owner, title, model, _utc(created_at), values["now"])
+        conversation = Conversation(id_, owner, title, model, _utc(created_at), values["now"])
+        earlier = None
+        if trusted:
+            earlier = [] if page is None else [_message(row) for row in orjson.loads(page)]
+            if any(message.status == "streaming" for message in earlier):
+                earlier = None  # read at a checkpoint: see _POST_TO_EXISTING_RESULT
+        return conversation, earlier
 
     async def _write_post_sqlite(
         self,
@@ -843,17 +935,8 @@ class SqlMessageStore:
                 created_at=anchor.created_at,
                 id=anchor.id,
             )
-            for row in rows:
-                message = _message(row)
-                if message.role == "assistant" and not message.content:
-                    continue
-                # ``before`` is always kept; after it, stop at the first one that
-                # does not fit, so the context is a contiguous suffix.
-                if kept and used + len(message.content) > max_chars:
-                    return self._oldest_first(kept, before)
-                kept.append(message)
-                used += len(message.content)
-            if len(rows) < _HISTORY_PAGE:
+            used, full = _fill(kept, used, map(_message, rows), max_chars)
+            if full or len(rows) < _HISTORY_PAGE:
                 return self._oldest_first(kept, before)
             statement, anchor = self._sql.history_next, _message(rows[-1])
 

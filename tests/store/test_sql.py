@@ -143,7 +143,7 @@ async def test_a_post_is_one_statement_on_postgres_and_its_history_one_more(
         lease_until=soon(),
         history_max_chars=1000,
     )
-    assert statements.count() == 2  # the write, then the history
+    assert statements.count() == 1  # the write reads the history too
     assert second.created and second.history is not None
     assert [m.content for m in second.history] == ["hello", "done", "again"]
     assert second.conversation.updated_at == second.user.created_at
@@ -683,3 +683,126 @@ async def test_postgres_statements_leave_nothing_in_reference_cycles(
         gc.set_debug(0)
         gc.garbage.clear()
     assert in_cycles == []
+
+
+async def _post_while_the_conversation_is_locked(
+    store: SqlMessageStore, stores: Stores, conversation_id: str, in_the_lock: list[str]
+) -> list[str]:
+    """Post to ``conversation_id`` while another transaction holds its row and
+    runs ``in_the_lock``; commit that transaction once the post has taken its
+    snapshot and waits for the row. The contents of the post's history."""
+    assert stores.url is not None
+    other = psycopg2.connect(stores.url, connect_timeout=5)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(f'SET search_path TO "{stores.schema}"')
+            cursor.execute(
+                "SELECT id FROM conversation WHERE id = %s FOR NO KEY UPDATE", (conversation_id,)
+            )
+            for statement in in_the_lock:
+                cursor.execute(statement)
+        posting = asyncio.create_task(
+            store.post_user_message(
+                "alice",
+                conversation_id=conversation_id,
+                client_id=str(uuid.uuid4()),
+                content="next question",
+                model="demo",
+                node_id="n",
+                lease_until=soon(),
+                history_max_chars=100_000,
+            )
+        )
+        deadline = time.monotonic() + 5
+        while True:  # the post's statement now waits for the row (its snapshot is taken)
+            with other.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                (waiting,) = cursor.fetchone()
+            if waiting:
+                break
+            assert time.monotonic() < deadline, "the post never waited for the row"
+            await asyncio.sleep(0.01)
+        other.commit()
+        posted = await asyncio.wait_for(posting, 5)
+    finally:
+        other.close()
+    assert posted.history is not None
+    return [m.content for m in posted.history]
+
+
+async def test_a_reply_finished_while_the_post_waited_is_read_whole(
+    postgres_stores: Stores,
+) -> None:
+    """The post's own read of the history comes from a snapshot taken before it
+    waited for the conversation: there the previous reply is still streaming,
+    at its last checkpoint. The history is read again, and has the whole reply."""
+    store = await postgres_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    first = await post(store, content="question")
+    assert first.reply is not None
+    await store.checkpoint(first.reply.id, "half an ans")
+    await asyncio.sleep(0.05)  # the checkpoint is written by its batch
+    history = await _post_while_the_conversation_is_locked(
+        store,
+        postgres_stores,
+        first.conversation.id,
+        [
+            "UPDATE message SET content = 'half an answer, then the rest',"
+            f" status = 'complete' WHERE id = '{first.reply.id}'"
+        ],
+    )
+    assert history == ["question", "half an answer, then the rest", "next question"]
+
+
+async def test_messages_committed_while_the_post_waited_are_in_its_history(
+    postgres_stores: Stores,
+) -> None:
+    store = await postgres_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    first = await post(store, content="question")
+    assert first.reply is not None
+    await store.finish(first.reply.id, content="answer", status="complete")
+    conversation = first.conversation.id
+    history = await _post_while_the_conversation_is_locked(
+        store,
+        postgres_stores,
+        conversation,
+        [
+            "INSERT INTO message (id, conversation_id, role, content, status, client_id,"
+            " created_at, completed_at) VALUES ('m-between', '"
+            + conversation
+            + "', 'user', 'in between', 'complete', 'c-between',"
+            " now() at time zone 'utc', now() at time zone 'utc')",
+            "UPDATE conversation SET updated_at = now() at time zone 'utc'"
+            f" WHERE id = '{conversation}'",
+        ],
+    )
+    assert history == ["question", "answer", "in between", "next question"]
+
+
+async def test_the_history_read_with_the_post_matches_a_separate_read(
+    postgres_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await postgres_stores.open()
+    assert isinstance(store, SqlMessageStore)
+    first = await post(store, content="q0")
+    conversation = first.conversation.id
+    assert first.reply is not None
+    await store.finish(first.reply.id, content="", status="failed")  # an empty reply: skipped
+    for i in range(1, 6):
+        statements = Statements(store, monkeypatch)
+        posted = await store.post_user_message(
+            "alice",
+            conversation_id=conversation,
+            client_id=f"c-{i}",
+            content=f"q{i}",
+            model="demo",
+            node_id="n",
+            lease_until=soon(),
+            history_max_chars=12,
+        )
+        assert statements.count() == 1
+        assert posted.reply is not None and posted.history is not None
+        separate = await store.history(conversation, before=posted.user, max_chars=12)
+        assert posted.history == separate
+        await store.finish(posted.reply.id, content=f"answer {i}", status="complete")
