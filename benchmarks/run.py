@@ -978,6 +978,8 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         name: max((o["users"] for o in runs if o["passed"]), default=0)
         for name, runs in outcomes.items()
     }
+    #: targets that never failed: their limit lies beyond the steps tried
+    unbounded = {name for name, runs in outcomes.items() if runs and all(o["passed"] for o in runs)}
     body = (
         f"Users stepped up ({args.steps}), {duration:.0f} s per step with think time "
         f"{args.think_time} s over {args.transport}, until p99 time to first chunk passes "
@@ -985,8 +987,16 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         "interval between the last pass and the first failure down to 25-50 users. The two "
         "targets take turns at each step.\n\n"
         "| | largest passing user count | ratio |\n|---|---:|---:|\n"
-        f"| sanic-chat | {best['sanic-chat']} | {_ratio(best['sanic-chat'], best.get('floor'))} |\n"
-        f"| floor | {best.get('floor', '-')} | |\n\n"
+        f"| sanic-chat | {_best(best, 'sanic-chat', unbounded)} | "
+        f"{'at least ' if 'sanic-chat' in unbounded else ''}"
+        f"{_ratio(best['sanic-chat'], best.get('floor'))} |\n"
+        f"| floor | {_best(best, 'floor', unbounded)} | |\n\n"
+        + (
+            "A count marked *or more* passed every step tried: the limit is higher than "
+            "the last step (add larger `--steps` to find it).\n\n"
+            if unbounded
+            else ""
+        )
         + _cpu_estimate(outcomes, args.think_time)
         + "| target | users | pass | TTFC p50 / p99, ms | persist p99, ms | full reply p50, ms "
         "| completed | server CPU % (ms per reply) | load generator / fake LLM / PostgreSQL CPU % "
@@ -1015,6 +1025,12 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n```\n"
     )
     return body
+
+
+def _best(best: dict[str, int], name: str, unbounded: set[str]) -> str:
+    if name not in best:
+        return "-"
+    return f"{best[name]} or more" if name in unbounded else str(best[name])
 
 
 def _cpu_estimate(outcomes: dict[str, list[dict[str, Any]]], think_time: float) -> str:

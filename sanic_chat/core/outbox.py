@@ -20,6 +20,15 @@ with a resumable close code. The client resumes by offset. The text a resume
 replays at once (:meth:`Outbox.push_replay`) is not counted until it is sent:
 the bound is on falling behind, and a reply longer than the bound must still
 be resumable.
+
+What deduplication remembers is bounded too: a connection may stay open for
+days. The state of a generation (offset delivered, started, ended, flowing)
+is forgotten once :data:`REMEMBERED_REPLIES` newer ones have ended on this
+connection, and at most that many accepted message ids are kept. Duplicates
+come within moments of the original (a resume racing the live tail, a bus
+delivering twice), not dozens of replies later. Without the bound every
+reply added five entries per connection forever: at 300 users, about 1 MB a
+minute in a 30-minute soak.
 """
 
 from __future__ import annotations
@@ -44,6 +53,15 @@ __all__ = ["Outbox", "SlowConsumer"]
 #: WebSocket close code for a consumer that fell too far behind. 4000-4999 is
 #: the application range; clients reconnect and resume by offset.
 SLOW_CONSUMER_CLOSE_CODE = 4008
+
+
+#: how many ended generations (and accepted messages) one outbox remembers.
+#: Small on purpose: a connection reaches the bound after this many replies,
+#: and its memory is flat from then on; clients deduplicate by offset too.
+REMEMBERED_REPLIES = 32
+#: generations that started but never ended here (e.g. unsubscribed mid-reply)
+#: are forgotten past this many
+_REMEMBERED_STARTS = 4 * REMEMBERED_REPLIES
 
 
 class SlowConsumer(Exception):
@@ -83,9 +101,10 @@ class Outbox:
         self._allowance = 0
         #: generation id -> end offset of the text already queued or sent
         self._delivered_upto: dict[str, int] = {}
-        self._started: set[str] = set()
-        self._finished: set[str] = set()
-        self._accepted: set[str] = set()
+        # insertion-ordered (dicts, values unused), so the oldest go first
+        self._started: dict[str, None] = {}
+        self._finished: dict[str, None] = {}
+        self._accepted: dict[str, None] = {}
         self._closed = False
         #: generations whose first text was already taken by the consumer
         self._flowing: set[str] = set()
@@ -119,8 +138,8 @@ class Outbox:
                 kept.append(event)
             self._queue = kept
         self._delivered_upto[generation_id] = offset
-        self._started.discard(generation_id)
-        self._finished.discard(generation_id)
+        self._started.pop(generation_id, None)
+        self._finished.pop(generation_id, None)
 
     def push(self, event: ServerEvent) -> None:
         """Queue ``event`` (never blocks; this is a bus listener)."""
@@ -131,19 +150,23 @@ class Outbox:
         elif isinstance(event, GenerationStarted):
             if event.generation_id in self._started:
                 return
-            self._started.add(event.generation_id)
+            self._started[event.generation_id] = None
+            if len(self._started) > _REMEMBERED_STARTS:
+                self._forget(next(iter(self._started)))
             self._append(event)
         elif isinstance(event, TERMINAL_TYPES):
             if event.generation_id in self._finished:
                 return
-            self._finished.add(event.generation_id)
-            self._started.add(event.generation_id)
+            self._finished[event.generation_id] = None
+            self._started[event.generation_id] = None
+            if len(self._finished) > REMEMBERED_REPLIES:
+                self._forget(next(iter(self._finished)))
             self._append(event)
         elif isinstance(event, MessageAccepted):
             # the bus echoes a connection's own message.accepted back to it
             if event.message.id in self._accepted:
                 return
-            self._accepted.add(event.message.id)
+            self._remember_accepted(event.message.id)
             self._append(event)
         else:
             self._append(event)
@@ -160,8 +183,22 @@ class Outbox:
         delivered, even for a resend of a message this connection saw before."""
         if self._closed:
             return
-        self._accepted.add(accepted.message.id)
+        self._remember_accepted(accepted.message.id)
         self._append(accepted)
+
+    def _remember_accepted(self, message_id: str) -> None:
+        accepted = self._accepted
+        accepted[message_id] = None
+        if len(accepted) > REMEMBERED_REPLIES:
+            del accepted[next(iter(accepted))]
+
+    def _forget(self, generation_id: str) -> None:
+        """Drop what deduplication knows of one old generation (its text
+        still queued, if any, is sent as usual)."""
+        self._started.pop(generation_id, None)
+        self._finished.pop(generation_id, None)
+        self._delivered_upto.pop(generation_id, None)
+        self._flowing.discard(generation_id)
 
     def _push_delta(self, delta: GenerationDelta, *, replay: bool = False) -> None:
         gid = delta.generation_id

@@ -213,3 +213,12 @@ def test_capacity_search_steps_up_then_halves_between_pass_and_failure() -> None
         search.record(users, users <= limit)
     assert tried == [100, 200, 300, 250]
     assert (search.passed, search.failed) == (250, 300)
+
+
+def test_a_target_that_passed_every_step_is_reported_as_at_least_that_many() -> None:
+    from benchmarks.run import _best
+
+    best = {"sanic-chat": 1000, "floor": 450}
+    assert _best(best, "sanic-chat", {"sanic-chat"}) == "1000 or more"
+    assert _best(best, "floor", {"sanic-chat"}) == "450"
+    assert _best({"sanic-chat": 1000}, "floor", set()) == "-"

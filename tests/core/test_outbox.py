@@ -11,10 +11,11 @@ from sanic_chat.core.events import (
     GenerationCompleted,
     GenerationDelta,
     GenerationStarted,
+    MessageAccepted,
     Pong,
     ServerEvent,
 )
-from sanic_chat.core.outbox import Outbox, SlowConsumer
+from sanic_chat.core.outbox import REMEMBERED_REPLIES, Outbox, SlowConsumer
 from sanic_chat.core.records import Message, Usage, utcnow
 
 GID = "7b1c8c62-8a3e-4f38-9d4c-1d0f6a1b2c3d"
@@ -119,3 +120,71 @@ async def test_an_idle_batch_times_out_empty_for_a_heartbeat_and_ends_on_close()
     assert await outbox.get_batch(timeout_s=0.05) == []
     outbox.close()
     assert await outbox.get_batch(timeout_s=0.05) is None
+
+
+def _one_reply(outbox: Outbox, n: int) -> tuple[GenerationStarted, GenerationCompleted]:
+    gid = f"g-{n}"
+    user = Message(f"u-{n}", "c", "user", "hi", "complete", "demo", utcnow(), utcnow())
+    reply = Message(gid, "c", "assistant", "hello", "complete", "demo", utcnow(), utcnow())
+    started = GenerationStarted(gid, "c", gid, user.id, "demo")
+    ended = GenerationCompleted(gid, reply, Usage(1, 2), "stop")
+    outbox.push_answer(MessageAccepted(f"client-{n}", "c", user, gid))
+    outbox.push(MessageAccepted(f"client-{n}", "c", user, gid))  # the bus's echo
+    outbox.push(started)
+    outbox.push(GenerationDelta(gid, 0, "hel"))
+    outbox.push(GenerationDelta(gid, 3, "lo"))
+    outbox.push(ended)
+    return started, ended
+
+
+def test_a_long_lived_connection_remembers_a_bounded_number_of_replies() -> None:
+    """A tab open for days: what deduplication keeps stays bounded (each reply
+    used to add five entries forever)."""
+    outbox = Outbox()
+    for n in range(5 * REMEMBERED_REPLIES):
+        _one_reply(outbox, n)
+        events = drain(outbox)
+        assert [type(e).__name__ for e in events] == [
+            "MessageAccepted",
+            "GenerationStarted",
+            "GenerationDelta",
+            "GenerationCompleted",
+        ]
+    remembered = [
+        outbox._started,
+        outbox._finished,
+        outbox._accepted,
+        outbox._delivered_upto,
+        outbox._flowing,
+    ]
+    assert all(len(entries) <= REMEMBERED_REPLIES for entries in remembered), [
+        len(entries) for entries in remembered
+    ]
+
+
+def test_recent_replies_are_still_deduplicated_after_old_ones_are_forgotten() -> None:
+    outbox = Outbox()
+    for n in range(2 * REMEMBERED_REPLIES):
+        started, ended = _one_reply(outbox, n)
+        drain(outbox)
+    # the latest reply, delivered again by a bus or a racing resume: nothing new
+    outbox.push(started)
+    outbox.push(GenerationDelta(started.generation_id, 0, "hello"))
+    outbox.push(ended)
+    assert drain(outbox) == []
+    # one ended long ago was forgotten: an explicit resume of it is served whole
+    old = "g-0"
+    outbox.push(GenerationDelta(old, 0, "hello"))
+    assert drain(outbox) == [GenerationDelta(old, 0, "hello")]
+
+
+def test_a_reply_that_never_ends_here_is_forgotten_eventually() -> None:
+    outbox = Outbox()
+    outbox.push(GenerationStarted("left-behind", "c", "left-behind", None, "demo"))
+    outbox.push(GenerationDelta("left-behind", 0, "partial"))
+    drain(outbox)
+    for n in range(5 * REMEMBERED_REPLIES):
+        outbox.push(GenerationStarted(f"s-{n}", "c", f"s-{n}", None, "demo"))
+    drain(outbox)
+    assert "left-behind" not in outbox._started
+    assert outbox.delivered_upto("left-behind") is None
