@@ -7,7 +7,8 @@ serves the finished reply.
 
 Finished tails expire without a timer each: they join a queue in the order
 they finished (the TTL is one for all, so that is also the order they expire
-in), and whoever publishes or reads a tail first drops the expired ones. A
+in), and the next reply to finish, or the next read of a tail, drops the
+expired ones. A
 timer per finished reply held a timer handle, a libuv timer, a bound method
 and a context copy for a minute: at 900 users that was 40 % of the objects
 in the process, and every full pass of the garbage collector -- which stops
@@ -63,9 +64,8 @@ class _LiveTail:
             self.parts = ["".join(self.parts)]
 
     def snapshot(self) -> Tail:
-        text = "".join(self.parts)
-        if len(self.parts) > 1:
-            self.parts = [text]
+        self.compact()
+        text = self.parts[0] if self.parts else ""
         return Tail(self.started, text, self.terminal, self.conversation_id)
 
 
@@ -103,7 +103,6 @@ class MemoryBus:
             if tail is not None:
                 tail.extend(event)
         elif isinstance(event, GenerationStarted):
-            self._drop_expired(time.monotonic())
             self._tails[event.generation_id] = _LiveTail(conversation_id, event)
         elif isinstance(event, TERMINAL_TYPES):
             tail = self._tails.get(event.generation_id)

@@ -439,10 +439,9 @@ class _Connection(aiopg.Connection):
 
 
 async def _open_connection(timeout: float, connect: dict[str, Any]) -> aiopg.Connection:
-    """What ``aiopg.connect(timeout=..., **connect)`` does, with :class:`_Connection`."""
-    dsn = connect.get("dsn")
-    params = {k: v for k, v in connect.items() if k != "dsn"}
-    connection: aiopg.Connection = await _Connection(dsn, timeout, False, **params)
+    """What ``aiopg.connect(timeout=..., **connect)`` does, with :class:`_Connection`
+    (``connect`` holds keyword parameters, never a DSN: see connect_database)."""
+    connection: aiopg.Connection = await _Connection(None, timeout, **connect)
     return connection
 
 

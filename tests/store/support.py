@@ -84,6 +84,7 @@ async def post(
     model: str = "demo",
     node_id: str = "node-1",
     lease_until: datetime | None = None,
+    history_max_chars: int | None = None,
 ) -> Posted:
     return await store.post_user_message(
         owner,
@@ -93,4 +94,5 @@ async def post(
         model=model,
         node_id=node_id,
         lease_until=lease_until or soon(),
+        history_max_chars=history_max_chars,
     )

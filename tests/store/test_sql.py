@@ -664,14 +664,11 @@ async def test_postgres_statements_leave_nothing_in_reference_cycles(
         await store.checkpoint(first.reply.id, "partial")
         await store.finish(first.reply.id, content="done", status="complete")
         for i in range(5):
-            again = await store.post_user_message(
-                "alice",
+            again = await post(
+                store,
                 conversation_id=first.conversation.id,
                 client_id=f"cycle-{i}",
                 content="again",
-                model="demo",
-                node_id="n",
-                lease_until=soon(),
                 history_max_chars=1000,
             )
             assert again.reply is not None
@@ -702,14 +699,10 @@ async def _post_while_the_conversation_is_locked(
             for statement in in_the_lock:
                 cursor.execute(statement)
         posting = asyncio.create_task(
-            store.post_user_message(
-                "alice",
+            post(
+                store,
                 conversation_id=conversation_id,
-                client_id=str(uuid.uuid4()),
                 content="next question",
-                model="demo",
-                node_id="n",
-                lease_until=soon(),
                 history_max_chars=100_000,
             )
         )
@@ -791,14 +784,11 @@ async def test_the_history_read_with_the_post_matches_a_separate_read(
     await store.finish(first.reply.id, content="", status="failed")  # an empty reply: skipped
     for i in range(1, 6):
         statements = Statements(store, monkeypatch)
-        posted = await store.post_user_message(
-            "alice",
+        posted = await post(
+            store,
             conversation_id=conversation,
             client_id=f"c-{i}",
             content=f"q{i}",
-            model="demo",
-            node_id="n",
-            lease_until=soon(),
             history_max_chars=12,
         )
         assert statements.count() == 1
