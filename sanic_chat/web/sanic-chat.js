@@ -885,7 +885,7 @@ export class ChatClient extends EventTarget {
       const length = codePointLength(m.content);
       if (g) g.conversationId = conversationId;
       if (!g) {
-        this._gens.set(m.id, { id: m.id, conversationId, content: m.content, length, started: true });
+        this._gens.set(m.id, newGeneration(m.id, conversationId, m.content, length, true));
       } else if (length > g.length) {
         g.content = m.content;
         g.length = length;
@@ -1007,21 +1007,17 @@ export class ChatClient extends EventTarget {
       if (!this.conversationId) this.conversationId = conversationId;
     }
     if (generationId && !this._gens.has(generationId) && !this._finished.has(generationId)) {
-      this._gens.set(generationId, {
-        id: generationId,
-        conversationId,
-        content: "",
-        length: 0,
-        started: false,
-      });
+      this._gens.set(generationId, newGeneration(generationId, conversationId));
       // a re-sent message may have started its reply on an earlier connection
       if (p && p.sends > 1 && this._mode === "websocket") {
-        this._sendFrame({
+        const asked = this._sendFrame({
           type: "conversation.subscribe",
           conversation_id: conversationId,
           generation_id: generationId,
           offset: 0,
         });
+        // live deltas ahead of this replay need no second request
+        if (asked) this._gens.get(generationId).restAsked = `${this._seq}:0`;
       }
     }
     const detail = { clientId: frame.client_id, conversationId, message: frame.message, generationId, own: !!p };
@@ -1035,7 +1031,7 @@ export class ChatClient extends EventTarget {
   _gen(generationId, conversationId = null) {
     let g = this._gens.get(generationId);
     if (!g) {
-      g = { id: generationId, conversationId, content: "", length: 0, started: false };
+      g = newGeneration(generationId, conversationId);
       this._gens.set(generationId, g);
     } else if (!g.conversationId && conversationId) {
       g.conversationId = conversationId;
@@ -1064,8 +1060,21 @@ export class ChatClient extends EventTarget {
     const g = this._gen(id);
     const start = frame.offset;
     if (start > g.length) {
-      // text between what we have and this delta never arrived: start over
-      // from what we have (a new connection's replay fills the gap exactly)
+      // Text between what we have and this delta did not come here: a reply
+      // this connection joined mid-way (a resent message whose first answer
+      // was lost, a subscription) or a lost frame. Over WebSocket, ask for
+      // the rest on this connection: the answer is one delta at exactly
+      // g.length with everything written since, so deltas ahead of it are
+      // dropped, and it is asked once per connection and offset. An
+      // EventSource cannot ask: it starts over from what we have.
+      if (this.transport === "websocket" && this._ws) {
+        const key = `${this._seq}:${g.length}`;
+        if (g.restAsked === key) return;
+        if (this._sendFrame({ type: "generation.resume", generation_id: id, offset: g.length })) {
+          g.restAsked = key;
+          return;
+        }
+      }
       this._resyncConnection();
       return;
     }
@@ -1143,6 +1152,12 @@ class BoundedSet {
 }
 
 /** Close a socket and ignore whatever it still reports. */
+/** What the client keeps of one reply it follows. `restAsked` is
+ * "connection seq:offset" of the resume asked for after a gap (see _onDelta). */
+function newGeneration(id, conversationId, content = "", length = 0, started = false) {
+  return { id, conversationId, content, length, started, restAsked: null };
+}
+
 function detach(ws, reason) {
   if (!ws) return;
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,17 @@ def stored_messages(server: RunningServer, conv_id: str) -> list[dict[str, Any]]
 
 
 def final_reply(server: RunningServer, conv_id: str) -> dict[str, Any]:
-    """The newest assistant message, once it is no longer streaming."""
+    """The newest assistant message, once it is no longer streaming. The page
+    names a new conversation (created over REST) before its first message is
+    posted, so there may be no reply yet at first."""
     deadline = time.monotonic() + 15
     while True:
-        reply = [m for m in stored_messages(server, conv_id) if m["role"] == "assistant"][-1]
-        if reply["status"] != "streaming" or time.monotonic() > deadline:
-            return reply
+        replies = [m for m in stored_messages(server, conv_id) if m["role"] == "assistant"]
+        if replies and replies[-1]["status"] != "streaming":
+            return replies[-1]
+        if time.monotonic() > deadline:
+            assert replies, "no reply was stored"
+            return replies[-1]
         time.sleep(0.1)
 
 
@@ -330,12 +336,19 @@ def test_cut_connections_lose_no_message_and_no_text(context: Any, server: Runni
     """A proxy between page and server cuts the first connection right after
     forwarding ``message.create`` (the acknowledgement is lost: the page must
     re-send with the same client_id) and the second one mid-reply (the page
-    must resume by offset). Later ones pass everything."""
+    must resume by offset). Later ones pass everything.
+
+    The second connection counts the deltas the page can apply (by the
+    client's rule: from what it has, which its own resume requests state), so
+    the cut comes mid-reply whichever way the page caught up: by the history
+    page and a resume from there, or -- if it re-sent the message after the
+    reply had begun -- by asking for the rest on that connection
+    (test_a_reply_joined_mid_way_is_completed_on_the_same_connection)."""
     connections: list[dict[str, Any]] = []
 
     def proxy(ws: Any) -> None:
         number = len(connections) + 1
-        state: dict[str, Any] = {"cut": False, "deltas": 0, "frames": []}
+        state: dict[str, Any] = {"cut": False, "deltas": 0, "frames": [], "have": 0}
         connections.append(state)
         upstream = ws.connect_to_server()
 
@@ -346,6 +359,9 @@ def test_cut_connections_lose_no_message_and_no_text(context: Any, server: Runni
 
         def from_page(message: str | bytes) -> None:
             state["frames"].append(message)
+            asked = json.loads(message).get("offset")
+            if asked is not None:  # a resume: the page has exactly this much
+                state["have"] = asked
             if not state["cut"]:
                 upstream.send(message)
                 if number == 1 and '"message.create"' in str(message):
@@ -356,7 +372,10 @@ def test_cut_connections_lose_no_message_and_no_text(context: Any, server: Runni
                 return
             ws.send(message)
             if number == 2 and '"generation.delta"' in str(message):
-                state["deltas"] += 1
+                delta = json.loads(message)
+                if delta["offset"] <= state["have"]:  # applies (code points, as len counts)
+                    state["have"] = max(state["have"], delta["offset"] + len(delta["text"]))
+                    state["deltas"] += 1
                 if state["deltas"] == 5:
                     cut()
 
@@ -384,6 +403,95 @@ def test_cut_connections_lose_no_message_and_no_text(context: Any, server: Runni
     stored = stored_messages(server, conv_id)
     assert [m["role"] for m in stored] == ["user", "assistant"]  # stored once
     assert page.locator(".msg").count() == 2
+    assert page.js_errors == []
+
+
+def test_a_reply_joined_mid_way_is_completed_on_the_same_connection(
+    context: Any, server: RunningServer
+) -> None:
+    """Deltas ahead of what the page has -- it joined a reply mid-way: a
+    message re-sent after its reply began, a subscription, a lost frame --
+    make the page ask for the rest on the same WebSocket, once per offset,
+    instead of dropping the connection (a stand-in server speaks here, so
+    that the frames and their order are exact)."""
+    routes: list[Any] = []
+    from_page: list[dict[str, Any]] = []
+
+    def stand_in(ws: Any) -> None:
+        routes.append(ws)
+
+        def received(message: str | bytes) -> None:
+            frame = json.loads(message)
+            from_page.append(frame)
+            if frame["type"] == "ping":
+                ws.send(json.dumps({"type": "pong"}))
+
+        ws.on_message(received)
+
+    def resumes() -> list[tuple[str, int]]:
+        return [
+            (f["generation_id"], f["offset"]) for f in from_page if f["type"] == "generation.resume"
+        ]
+
+    def until(condition: Any) -> None:
+        # the route's handlers run only while Playwright is called
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+
+    context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), stand_in)
+    page = open_page(context, server)
+    page.evaluate(
+        """() => {
+            window.__text = {};
+            window.sanicChat.client.addEventListener('delta', (e) => {
+                window.__text[e.detail.generationId] = e.detail.content;
+            });
+        }"""
+    )
+    (ws,) = routes
+    gid, cid = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def delta(offset: int, text: str) -> None:
+        ws.send(
+            json.dumps(
+                {"type": "generation.delta", "generation_id": gid, "offset": offset, "text": text}
+            )
+        )
+
+    delta(6, "world")  # joined mid-way: 6 code points never came here
+    delta(11, "!")  # still ahead: the rest is already asked for
+    until(lambda: len(resumes()) >= 1)
+    page.wait_for_timeout(100)
+    assert resumes() == [(gid, 0)]
+    delta(0, "hello world")  # the answer: everything from offset 0
+    delta(11, "!")
+    page.wait_for_function("([g, t]) => window.__text[g] === t", arg=[gid, "hello world!"])
+    delta(15, "lost")  # a frame went missing: ask again, from the new length
+    until(lambda: len(resumes()) >= 2)
+    assert resumes() == [(gid, 0), (gid, 12)]
+    delta(12, "the rest")
+    page.wait_for_function("([g, t]) => window.__text[g] === t", arg=[gid, "hello world!the rest"])
+    ws.send(
+        json.dumps(
+            {
+                "type": "generation.completed",
+                "generation_id": gid,
+                "message": {
+                    "id": gid,
+                    "conversation_id": cid,
+                    "role": "assistant",
+                    "content": "hello world!the rest",
+                    "status": "complete",
+                },
+                "usage": None,
+                "finish_reason": "stop",
+            }
+        )
+    )
+    page.wait_for_timeout(100)
+    assert len(routes) == 1, "the page dropped its connection over a gap"
+    assert page.get_attribute("#conn", "data-state") == "open"
     assert page.js_errors == []
 
 
