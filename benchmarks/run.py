@@ -193,11 +193,13 @@ class Sampler:
                 measured = measure(procs)
                 if measured is not None:
                     row[name] = measured
-            # PostgreSQL's backends serve the server: count them, not as "other jobs"
-            postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
-            measured = measure(postgres)
-            if measured is not None:
-                row["postgres"] = measured
+            # PostgreSQL's backends (and Redis, the bus of several workers) serve
+            # the server: count them, not as "other jobs"
+            for name, binary in (("postgres", "postgres"), ("redis", "redis-server")):
+                found = [p for p in psutil.process_iter(["name"]) if p.info["name"] == binary]
+                measured = measure(found)
+                if measured is not None:
+                    row[name] = measured
             ours = sum(v["cpu"] for k, v in row.items() if k != "t") / 100.0
             # CPU the machine spent on anything but this benchmark (other jobs)
             row["others_cores"] = round(max(0.0, busy - ours), 2)
@@ -439,6 +441,8 @@ class Bench:
             "SANIC_CHAT_DATA_DIR": str(self.out / "data"),
             "SANIC_CHAT_LOG_LEVEL": "WARNING",
         }
+        if self.args.server_workers > 1:
+            env["SANIC_CHAT_BUS_URL"] = self.args.bus_url  # workers share live replies through it
         for item in self.args.server_env:
             key, _, value = item.partition("=")
             env[key] = value
@@ -467,6 +471,8 @@ class Bench:
         )
         port = free_port()
         argv = [sys.executable, "-m", "sanic_chat", "serve", "--port", str(port)]
+        if self.args.server_workers > 1:
+            argv += ["--workers", str(self.args.server_workers)]  # the sampler sums its children
         return start("sanic-chat", argv, env, f"http://127.0.0.1:{port}/healthz", self.out)
 
     def start_floor(self) -> Service:
@@ -916,6 +922,16 @@ def scenario_seed(bench: Bench, args: argparse.Namespace) -> str:
     return body
 
 
+def _workers_note(args: argparse.Namespace) -> str:
+    """How sanic-chat was run, when not as the one process the floor is."""
+    if args.server_workers <= 1:
+        return ""
+    return (
+        f" sanic-chat ran as {args.server_workers} worker processes sharing the Redis bus "
+        "(its CPU is the sum over them); the floor is one process."
+    )
+
+
 def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
     steps = [int(x) for x in args.steps.split(",")]
     duration = args.duration or 40.0
@@ -985,7 +1001,8 @@ def scenario_capacity(bench: Bench, args: argparse.Namespace) -> str:
         f"{args.think_time} s over {args.transport}, until p99 time to first chunk passes "
         f"{TTFC_LIMIT_MS:.0f} ms (or fewer than 99 % of messages complete), then halving the "
         "interval between the last pass and the first failure down to 25-50 users. The two "
-        "targets take turns at each step.\n\n"
+        "targets take turns at each step."
+        f"{_workers_note(args)}\n\n"
         "| | largest passing user count | ratio |\n|---|---:|---:|\n"
         f"| sanic-chat | {_best(best, 'sanic-chat', unbounded)} | "
         f"{'at least ' if 'sanic-chat' in unbounded else ''}"
@@ -1342,6 +1359,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a schema of its own is made in it and dropped afterwards",
     )
     p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
+    p.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="sanic-chat serve --workers N; above 1 the workers share the Redis bus at --bus-url "
+        "(the floor stays one process)",
+    )
+    p.add_argument(
+        "--bus-url", default="redis://127.0.0.1:6379/15", help="with --server-workers > 1"
+    )
     p.add_argument(
         "--nice",
         type=int,

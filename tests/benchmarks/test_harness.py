@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import orjson
@@ -222,3 +223,22 @@ def test_a_target_that_passed_every_step_is_reported_as_at_least_that_many() -> 
     assert _best(best, "sanic-chat", {"sanic-chat"}) == "1000 or more"
     assert _best(best, "floor", {"sanic-chat"}) == "450"
     assert _best({"sanic-chat": 1000}, "floor", set()) == "-"
+
+
+def test_several_server_workers_share_the_redis_bus_and_the_report_says_so(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.run import Bench, _workers_note, parse_args
+
+    one = parse_args(["--scenario", "capacity"])
+    two = parse_args(["--scenario", "capacity", "--server-workers", "2"])
+    assert _workers_note(one) == ""
+    assert "2 worker processes sharing the Redis bus" in _workers_note(two)
+    for args, bus in ((one, None), (two, "redis://127.0.0.1:6379/15")):
+        bench = Bench(args, tmp_path)
+        try:
+            bench.fake = SimpleNamespace(url="http://127.0.0.1:9")  # type: ignore[assignment]
+            env = bench.server_env(users=2)
+        finally:
+            bench.sampler.stop()
+        assert env.get("SANIC_CHAT_BUS_URL") == bus
