@@ -258,6 +258,10 @@ def test_rest_errors_are_json(server: RunningServer) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
     wrong = httpx.post(f"{base}/conversations", json={"model": "nope"})
     assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "validation_error"
+    # PostgreSQL text cannot hold NUL: refused up front on both databases, never a 500
+    nul = httpx.post(f"{base}/conversations", json={"title": "before\u0000after"})
+    assert nul.status_code == 422 and nul.json()["error"]["code"] == "validation_error"
+    assert "NUL" in nul.json()["error"]["message"]
     nowhere = httpx.get(f"{server.base_url}/api/v1/nowhere")
     assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
     models = httpx.get(f"{base}/models").json()
