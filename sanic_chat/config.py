@@ -71,6 +71,9 @@ class Settings:
     jwt_issuer: str | None = None
     allowed_origins: tuple[str, ...] = ()
     rate_limit: RateLimit | None = None
+    #: per user, for the frames that read the database on the user's behalf
+    #: (``conversation.subscribe``, ``generation.resume``, ``generation.cancel``)
+    frame_rate_limit: RateLimit | None = None
     transports: tuple[str, ...] = ("websocket", "sse")
     checkpoint_interval_s: float = 1.0
     tail_ttl_s: float = 60.0
@@ -215,6 +218,13 @@ class Settings:
             rate_limit = RateLimit(60, 60.0) if auth == "jwt" else None
         else:
             rate_limit = RateLimit.parse(rate_raw)
+        frame_rate_raw = get("FRAME_RATE_LIMIT")
+        if frame_rate_raw is None:
+            # generous: a client reconnecting follows each conversation and
+            # reply once, and asks for the rest of a reply at most once per gap
+            frame_rate_limit = RateLimit(600, 60.0) if auth == "jwt" else None
+        else:
+            frame_rate_limit = RateLimit.parse(frame_rate_raw, "SANIC_CHAT_FRAME_RATE_LIMIT")
         transports = tuple(
             t.strip().lower()
             for t in (get("TRANSPORTS") or "websocket,sse").split(",")
@@ -241,6 +251,7 @@ class Settings:
             jwt_issuer=get("JWT_ISSUER"),
             allowed_origins=origins,
             rate_limit=rate_limit,
+            frame_rate_limit=frame_rate_limit,
             transports=transports,
             checkpoint_interval_s=number("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05),
             tail_ttl_s=number("TAIL_TTL_S", 60.0, minimum=0.1),

@@ -11,7 +11,7 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from ..auth import accepts_ticket, build_authenticator
-from ..config import Settings
+from ..config import RateLimit, Settings
 from ..core.session import FrameGate
 from ..transports.base import Authenticate, TransportContext
 from .limits import ConnectionLimiter, build_gate
@@ -25,6 +25,18 @@ __all__ = ["Security"]
 
 #: request headers a cross-origin page may send
 _CORS_HEADERS = "authorization,content-type,last-event-id"
+
+
+def _rate_limiter(
+    limit: RateLimit | None, redis_url: str | None, prefix: str
+) -> RateLimiter | None:
+    """One per-user rate: in Redis when the bus is there (every worker and node
+    shares it), else in this process."""
+    if limit is None:
+        return None
+    if redis_url:
+        return RedisRateLimiter(redis_url, limit.count, limit.period_s, prefix=prefix)
+    return LocalRateLimiter(limit.count, limit.period_s)
 
 
 class Security:
@@ -43,18 +55,15 @@ class Security:
             if redis_url
             else MemoryTickets(ttl_s=settings.ticket_ttl_s)
         )
-        self.rate: RateLimiter | None = None
-        if settings.rate_limit is not None:
-            count, period = settings.rate_limit.count, settings.rate_limit.period_s
-            self.rate = (
-                RedisRateLimiter(redis_url, count, period, prefix=f"{settings.bus_prefix}:sec")
-                if redis_url
-                else LocalRateLimiter(count, period)
-            )
+        prefix = f"{settings.bus_prefix}:sec"
+        self.rate = _rate_limiter(settings.rate_limit, redis_url, prefix)
+        self.frame_rate = _rate_limiter(settings.frame_rate_limit, redis_url, f"{prefix}:frames")
         self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
         self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")
         self.connections = ConnectionLimiter(settings.max_connections_per_user)
-        self.gate: FrameGate = build_gate(self.rate, log_content=settings.log_content)
+        self.gate: FrameGate = build_gate(
+            self.rate, log_content=settings.log_content, frame_rate=self.frame_rate
+        )
 
     # ------------------------------------------------------------------ wiring
 
@@ -83,14 +92,16 @@ class Security:
         async def start_security(app: Sanic[Any, Any]) -> None:
             install_log_redaction()  # Sanic has set up its logging by now
             await self.tickets.start()
-            if self.rate is not None:
-                await self.rate.start()
+            for limiter in (self.rate, self.frame_rate):
+                if limiter is not None:
+                    await limiter.start()
 
         @app.after_server_stop
         async def stop_security(app: Sanic[Any, Any]) -> None:
             await self.tickets.close()
-            if self.rate is not None:
-                await self.rate.close()
+            for limiter in (self.rate, self.frame_rate):
+                if limiter is not None:
+                    await limiter.close()
 
     # ------------------------------------------------------------------ per request
 

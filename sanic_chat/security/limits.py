@@ -16,7 +16,13 @@ import time
 from collections import deque
 
 from ..core.errors import RateLimited, ValidationFailed
-from ..core.events import ClientFrame, MessageCreate
+from ..core.events import (
+    ClientFrame,
+    ConversationSubscribe,
+    GenerationCancel,
+    GenerationResume,
+    MessageCreate,
+)
 from ..core.session import FrameGate
 from .ratelimit import RateLimiter
 
@@ -75,11 +81,24 @@ class ConnectionLimiter:
         return self._active.get(user, 0)
 
 
-def build_gate(rate: RateLimiter | None, *, log_content: bool = False) -> FrameGate:
+#: frames that make the server read the database for the user: they pay the
+#: frame rate (``ping`` and ``conversation.unsubscribe`` cost nothing and are free)
+_READING_FRAMES = (ConversationSubscribe, GenerationResume, GenerationCancel)
+
+
+def build_gate(
+    rate: RateLimiter | None,
+    *,
+    log_content: bool = False,
+    frame_rate: RateLimiter | None = None,
+) -> FrameGate:
     """The check run before each decoded client frame, on every transport.
 
-    ``message.create`` pays one unit of the user's rate, and its content must
-    be storable everywhere (PostgreSQL text cannot hold NUL).
+    ``message.create`` pays one unit of the user's message rate, and its
+    content must be storable everywhere (PostgreSQL text cannot hold NUL).
+    Subscribing, resuming and cancelling pay one unit of the user's frame
+    rate: each costs a database read, and a flood of them from one user's
+    connections would otherwise take the database from everyone else.
     """
 
     async def gate(user: str, frame: ClientFrame) -> None:
@@ -89,6 +108,13 @@ def build_gate(rate: RateLimiter | None, *, log_content: bool = False) -> FrameG
             else:
                 log.debug("frame from %s: %s", user, frame.type)
         if not isinstance(frame, MessageCreate):
+            if frame_rate is not None and isinstance(frame, _READING_FRAMES):
+                wait = await frame_rate.acquire(user)
+                if wait > 0:
+                    # the session adds the frame's generation or conversation id as ref
+                    raise RateLimited(
+                        f"too many {frame.type} frames: retry in {wait:.1f} s", retry_after=wait
+                    )
             return
         if "\x00" in frame.content:
             raise ValidationFailed("content must not contain NUL characters", ref=frame.client_id)

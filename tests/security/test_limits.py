@@ -31,6 +31,7 @@ from .support import (
 FRAME_LIMIT = 64 * 1024
 BODY_LIMIT = 16 * 1024
 CONTENT_LIMIT = 1000
+FRAME_RATE = 3
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         SANIC_CHAT_MAX_BODY_BYTES=str(BODY_LIMIT),
         SANIC_CHAT_MAX_CONTENT_CHARS=str(CONTENT_LIMIT),
         SANIC_CHAT_RATE_LIMIT="4/minute",
+        SANIC_CHAT_FRAME_RATE_LIMIT=f"{FRAME_RATE}/minute",
         SANIC_CHAT_MAX_CONNECTIONS_PER_USER="2",
         SANIC_CHAT_MAX_RUNNING_REPLIES_PER_USER="1",
         SANIC_CHAT_IDLE_TIMEOUT_S="1",
@@ -132,6 +134,38 @@ async def test_the_message_rate_is_limited_per_user_on_both_transports(
     assert [m["content"] for m in history if m["role"] == "user"] == ["one", "two", "three", "four"]
     async with ws_connect(server, bearer(new_user())) as ws:
         assert (await chat(ws, "mine"))[-1]["type"] == "generation.completed"
+
+
+async def test_subscribe_resume_and_cancel_frames_are_rate_limited_per_user(
+    server: RunningServer,
+) -> None:
+    user = new_user()
+    async with ws_connect(server, bearer(user)) as ws:
+        frames = await chat(ws, "one")
+        conversation_id, reply_id = frames[0]["conversation_id"], frames[-1]["generation_id"]
+        # the frame rate is a bucket of its own: the message above did not spend it
+        await send(ws, type="conversation.subscribe", conversation_id=conversation_id)
+        await send(ws, type="conversation.subscribe", conversation_id=conversation_id)
+        await send(ws, type="generation.resume", generation_id=reply_id, offset=0)
+        replayed = [await recv(ws) for _ in range(3)]  # started, the text, completed
+        assert [f["type"] for f in replayed][-1] == "generation.completed"
+        await send(ws, type="generation.resume", generation_id=reply_id, offset=0)
+        refused = await recv(ws)
+        assert (refused["type"], refused["code"], refused["ref"]) == (
+            "error",
+            "rate_limited",
+            reply_id,
+        )
+        assert "retry in" in refused["message"]
+        await send(ws, type="ping")  # free, and the connection is fine
+        assert (await recv(ws))["type"] == "pong"
+    # a rate per user, on every connection of theirs; another user has their own
+    async with ws_connect(server, bearer(user)) as ws:
+        await send(ws, type="conversation.subscribe", conversation_id=conversation_id)
+        assert (await recv(ws))["code"] == "rate_limited"
+    async with ws_connect(server, bearer(new_user())) as ws:
+        await send(ws, type="conversation.subscribe", conversation_id=conversation_id)
+        assert (await recv(ws))["code"] == "not_found"  # not theirs: checked, not limited
 
 
 async def test_connections_per_user_are_limited_before_the_upgrade(

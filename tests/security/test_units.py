@@ -12,9 +12,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sanic_chat.config import ConfigError, Settings
+from sanic_chat.config import ConfigError, RateLimit, Settings
 from sanic_chat.core.errors import RateLimited, ValidationFailed
-from sanic_chat.core.events import MessageCreate, Ping
+from sanic_chat.core.events import (
+    ConversationSubscribe,
+    ConversationUnsubscribe,
+    GenerationCancel,
+    GenerationResume,
+    MessageCreate,
+    Ping,
+)
 from sanic_chat.security.limits import ConnectionLimiter, build_gate
 from sanic_chat.security.origins import OriginPolicy, OriginRefused, parse_origin
 from sanic_chat.security.ratelimit import LocalRateLimiter, RedisRateLimiter
@@ -177,6 +184,35 @@ async def test_the_gate_refuses_nul_and_spends_the_rate_only_on_messages() -> No
     with pytest.raises(RateLimited) as refused:
         await gate("u", create)
     assert refused.value.ref == create.client_id and refused.value.retry_after > 0
+
+
+async def test_reading_frames_pay_the_frame_rate_and_cheap_ones_are_free() -> None:
+    gate = build_gate(LocalRateLimiter(1, 60.0), frame_rate=LocalRateLimiter(2, 60.0))
+    conversation, generation = str(uuid.uuid4()), str(uuid.uuid4())
+    await gate("u", GenerationResume(generation_id=generation, offset=0))
+    await gate("u", ConversationSubscribe(conversation_id=conversation))
+    with pytest.raises(RateLimited) as refused:
+        await gate("u", GenerationCancel(generation_id=generation))
+    assert refused.value.retry_after > 0 and "generation.cancel" in refused.value.message
+    for _ in range(5):  # nothing to read: never limited
+        await gate("u", Ping())
+        await gate("u", ConversationUnsubscribe(conversation_id=conversation))
+    # the message rate is a bucket of its own, and so is every other user's
+    await gate("u", MessageCreate(client_id=str(uuid.uuid4()), content="hi"))
+    await gate("v", GenerationResume(generation_id=generation, offset=0))
+
+
+def test_the_frame_rate_defaults_with_jwt_and_can_be_set_or_switched_off(tmp_path: Path) -> None:
+    base = {"SANIC_CHAT_DATA_DIR": str(tmp_path)}
+    jwt = {**base, "SANIC_CHAT_AUTH": "jwt", "SANIC_CHAT_JWT_SECRET": "s" * 32}
+    assert Settings.from_env(base).frame_rate_limit is None
+    assert Settings.from_env(jwt).frame_rate_limit == RateLimit(600, 60.0)
+    assert Settings.from_env(
+        {**jwt, "SANIC_CHAT_FRAME_RATE_LIMIT": "5/second"}
+    ).frame_rate_limit == RateLimit(5, 1.0)
+    assert Settings.from_env({**jwt, "SANIC_CHAT_FRAME_RATE_LIMIT": "off"}).frame_rate_limit is None
+    with pytest.raises(ConfigError, match="SANIC_CHAT_FRAME_RATE_LIMIT"):
+        Settings.from_env({**jwt, "SANIC_CHAT_FRAME_RATE_LIMIT": "lots"})
 
 
 # --------------------------------------------------------------------------- configuration
