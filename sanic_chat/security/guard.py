@@ -58,6 +58,7 @@ class Security:
         prefix = f"{settings.bus_prefix}:sec"
         self.rate = _rate_limiter(settings.rate_limit, redis_url, prefix)
         self.frame_rate = _rate_limiter(settings.frame_rate_limit, redis_url, f"{prefix}:frames")
+        self._limiters = [r for r in (self.rate, self.frame_rate) if r is not None]
         self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
         self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")
         self.connections = ConnectionLimiter(settings.max_connections_per_user)
@@ -92,16 +93,14 @@ class Security:
         async def start_security(app: Sanic[Any, Any]) -> None:
             install_log_redaction()  # Sanic has set up its logging by now
             await self.tickets.start()
-            for limiter in (self.rate, self.frame_rate):
-                if limiter is not None:
-                    await limiter.start()
+            for limiter in self._limiters:
+                await limiter.start()
 
         @app.after_server_stop
         async def stop_security(app: Sanic[Any, Any]) -> None:
             await self.tickets.close()
-            for limiter in (self.rate, self.frame_rate):
-                if limiter is not None:
-                    await limiter.close()
+            for limiter in self._limiters:
+                await limiter.close()
 
     # ------------------------------------------------------------------ per request
 

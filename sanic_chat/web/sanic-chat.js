@@ -1007,7 +1007,8 @@ export class ChatClient extends EventTarget {
       if (!this.conversationId) this.conversationId = conversationId;
     }
     if (generationId && !this._gens.has(generationId) && !this._finished.has(generationId)) {
-      this._gens.set(generationId, newGeneration(generationId, conversationId));
+      const g = newGeneration(generationId, conversationId);
+      this._gens.set(generationId, g);
       // a re-sent message may have started its reply on an earlier connection
       if (p && p.sends > 1 && this._mode === "websocket") {
         const asked = this._sendFrame({
@@ -1017,7 +1018,7 @@ export class ChatClient extends EventTarget {
           offset: 0,
         });
         // live deltas ahead of this replay need no second request
-        if (asked) this._gens.get(generationId).restAsked = `${this._seq}:0`;
+        if (asked) g.restAsked = `${this._seq}:0`;
       }
     }
     const detail = { clientId: frame.client_id, conversationId, message: frame.message, generationId, own: !!p };
@@ -1151,13 +1152,13 @@ class BoundedSet {
   }
 }
 
-/** Close a socket and ignore whatever it still reports. */
 /** What the client keeps of one reply it follows. `restAsked` is
  * "connection seq:offset" of the resume asked for after a gap (see _onDelta). */
 function newGeneration(id, conversationId, content = "", length = 0, started = false) {
   return { id, conversationId, content, length, started, restAsked: null };
 }
 
+/** Close a socket and ignore whatever it still reports. */
 function detach(ws, reason) {
   if (!ws) return;
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
