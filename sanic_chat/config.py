@@ -96,8 +96,12 @@ class Settings:
     outbox_max_frames: int = 10_000
     max_frame_bytes: int = 256 * 1024
     max_body_bytes: int = 1024 * 1024
-    max_connections_per_user: int = 20
-    max_running_replies_per_user: int = 4
+    #: per user and per process (None: no per-user cap, the default with
+    #: ``auth=none``, whose one user is whoever runs the server)
+    max_connections_per_user: int | None = None
+    max_running_replies_per_user: int | None = None
+    #: open WebSocket and SSE connections per process, whoever opens them
+    max_connections: int = 10_000
     idle_timeout_s: float = 300.0
     #: lifetime of a one-time ticket from POST /api/v1/tickets
     ticket_ttl_s: float = 60.0
@@ -141,6 +145,15 @@ class Settings:
             if value < minimum:
                 raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
             return value
+
+        def cap(name: str, default: int | None) -> int | None:
+            """A whole number of at least 1, or ``off`` (None: no cap)."""
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.strip().lower() == "off":
+                return None
+            return integer(name, 1)
 
         def gc_threshold() -> tuple[int, int, int] | None:
             raw = get("GC_THRESHOLD")
@@ -267,8 +280,13 @@ class Settings:
             outbox_max_frames=integer("OUTBOX_MAX_FRAMES", 10_000, minimum=10),
             max_frame_bytes=integer("MAX_FRAME_BYTES", 256 * 1024, minimum=1024),
             max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
-            max_connections_per_user=integer("MAX_CONNECTIONS_PER_USER", 20),
-            max_running_replies_per_user=integer("MAX_RUNNING_REPLIES_PER_USER", 4),
+            # with none the one user is the operator (a load script too): no per-user
+            # caps unless set; the per-process connection cap holds either way
+            max_connections_per_user=cap("MAX_CONNECTIONS_PER_USER", 20 if auth == "jwt" else None),
+            max_running_replies_per_user=cap(
+                "MAX_RUNNING_REPLIES_PER_USER", 4 if auth == "jwt" else None
+            ),
+            max_connections=integer("MAX_CONNECTIONS", 10_000),
             idle_timeout_s=number("IDLE_TIMEOUT_S", 300.0, minimum=1.0),
             ticket_ttl_s=number("TICKET_TTL_S", 60.0, minimum=1.0),
             system_prompt=get("SYSTEM_PROMPT"),

@@ -61,7 +61,9 @@ class Security:
         self._limiters = [r for r in (self.rate, self.frame_rate) if r is not None]
         self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
         self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")
-        self.connections = ConnectionLimiter(settings.max_connections_per_user)
+        self.connections = ConnectionLimiter(
+            settings.max_connections_per_user, max_total=settings.max_connections
+        )
         self.gate: FrameGate = build_gate(
             self.rate, log_content=settings.log_content, frame_rate=self.frame_rate
         )

@@ -1,8 +1,9 @@
-"""Per-user limits on connections, and the gate every client frame passes.
+"""Limits on connections, and the gate every client frame passes.
 
-Connections (WebSocket and SSE streams) are counted per user and per process.
-The ``identify`` middleware *reserves* a slot before the upgrade, so the extra
-connection is refused with 429 over plain HTTP; the transport turns the
+Connections (WebSocket and SSE streams) are counted per process: all of them
+(``max_total``, always on) and per user (``max_per_user``; None: no per-user
+cap). The ``identify`` middleware *reserves* a slot before the upgrade, so the
+extra connection is refused with 429 over plain HTTP; the transport turns the
 reservation into a connection when its handler starts (``on_connect``) and
 gives it back when it ends (``on_disconnect``). A reservation whose request
 never reached its handler (a failed handshake, a 404 stream) lapses after
@@ -31,28 +32,59 @@ __all__ = ["ConnectionLimiter", "build_gate"]
 log = logging.getLogger(__name__)
 
 
+#: at most one "process is full" warning per this many seconds
+_FULL_WARNING_EVERY_S = 60.0
+
+
 class ConnectionLimiter:
-    def __init__(self, max_per_user: int, *, reservation_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        max_per_user: int | None,
+        *,
+        max_total: int | None = None,
+        reservation_s: float = 10.0,
+    ) -> None:
         self.max_per_user = max_per_user
+        self.max_total = max_total
         self.reservation_s = reservation_s
         self._active: dict[str, int] = {}
         self._pending: dict[str, deque[float]] = {}
+        #: every user's reservations together, for the per-process cap; it may
+        #: briefly disagree with the per-user queues about which reservation
+        #: lapsed, never about how many stay (both lapse after reservation_s)
+        self._pending_all: deque[float] = deque()
+        self._active_all = 0
         self._sweep_at = 1024
+        self._warned_at: float | None = None
 
     def reserve(self, user: str) -> None:
-        """Before the upgrade: raise :class:`RateLimited` if ``user`` is at the limit."""
+        """Before the upgrade: raise :class:`RateLimited` if this process or
+        ``user`` is at its limit."""
         now = time.monotonic()
+        if self.max_total is not None:
+            pending_all = self._pending_all
+            while pending_all and now - pending_all[0] > self.reservation_s:
+                pending_all.popleft()
+            if self._active_all + len(pending_all) >= self.max_total:
+                self._warn_full(now)
+                raise RateLimited(
+                    f"the server is at its limit of {self.max_total} open connections: "
+                    "retry in a moment",
+                    retry_after=1.0,
+                )
         pending = self._pending.get(user)
         if pending is not None:
             while pending and now - pending[0] > self.reservation_s:
                 pending.popleft()
         in_use = self._active.get(user, 0) + (len(pending) if pending else 0)
-        if in_use >= self.max_per_user:
+        if self.max_per_user is not None and in_use >= self.max_per_user:
             raise RateLimited(
                 f"at most {self.max_per_user} open connections per user: close one first",
                 retry_after=1.0,
             )
         self._pending.setdefault(user, deque()).append(now)
+        if self.max_total is not None:
+            self._pending_all.append(now)
         if len(self._pending) > self._sweep_at:
             # users whose reservations all lapsed
             self._pending = {
@@ -68,7 +100,10 @@ class ConnectionLimiter:
             pending.popleft()
             if not pending:
                 del self._pending[user]
+        if self._pending_all:
+            self._pending_all.popleft()
         self._active[user] = self._active.get(user, 0) + 1
+        self._active_all += 1
 
     def disconnected(self, user: str) -> None:
         left = self._active.get(user, 0) - 1
@@ -76,6 +111,20 @@ class ConnectionLimiter:
             self._active[user] = left
         else:
             self._active.pop(user, None)
+        self._active_all = max(0, self._active_all - 1)
+
+    def _warn_full(self, now: float) -> None:
+        if self._warned_at is None or now - self._warned_at >= _FULL_WARNING_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "connection refused: this process has its maximum of %d open connections "
+                "(SANIC_CHAT_MAX_CONNECTIONS); more workers or nodes serve more",
+                self.max_total,
+            )
+
+    def total(self) -> int:
+        """Open connections in this process."""
+        return self._active_all
 
     def active(self, user: str) -> int:
         return self._active.get(user, 0)
