@@ -69,7 +69,11 @@ async def _wait_for_message(ws: Any, assembler: Any, timeout: float) -> bool:
         async with asyncio.timeout(timeout) as deadline:
 
             def wake(_: asyncio.Future[None]) -> None:
-                if waiting:
+                # An expired (or expiring) deadline has already cancelled this
+                # task, which then finds ``closing`` done: nothing to wake, and
+                # rescheduling it would raise. (Under load the close and the
+                # deadline land in the same loop turn, this callback after both.)
+                if waiting and not deadline.expired():
                     deadline.reschedule(loop.time())
 
             closing.add_done_callback(wake)

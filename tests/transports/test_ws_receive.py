@@ -8,6 +8,7 @@ objects a connection uses); frames are put into the assembler the way Sanic's
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -140,3 +141,34 @@ async def test_falls_back_to_recv_without_sanics_assembler() -> None:
             return f"recv({timeout})"
 
     assert await receive_message(Plain(), 3.0) == "recv(3.0)"
+
+
+async def test_the_peer_closing_as_the_deadline_fires_is_websocket_closed_and_no_error() -> None:
+    # Under load the end of a connection and the reader's deadline land in the same
+    # loop turn: the wake-up from the close then runs while the timeout is expiring
+    # (already cancelling the reader). It must let the reader finish, not raise.
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        ws = _socket()
+        reader = asyncio.create_task(receive_message(ws, 0.05))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        closing = ws.recv_cancel
+        assert closing is not None
+
+        def busy_past_the_deadline() -> None:
+            time.sleep(0.1)  # the loop lags: the deadline passes meanwhile
+            # next turn: the close runs first, then the due deadline, in one turn
+            loop.call_soon(closing.cancel)
+
+        loop.call_soon(busy_past_the_deadline)
+        with pytest.raises(WebsocketClosed):
+            await asyncio.wait_for(reader, 2.0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert errors == []
