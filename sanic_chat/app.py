@@ -15,9 +15,10 @@ from typing import Any
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, json
-from sanic_ext import Extend
+from sanic_ext import Extend, openapi
 
 from .api.conversations import conversations_blueprint
+from .api.docs import configure_api_docs
 from .api.errors import install_error_handlers
 from .api.operations import operations_blueprint
 from .bus.url import open_bus
@@ -86,9 +87,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.drain_timeout_s + 5
-    app.config.OAS_URL_PREFIX = "/docs"
-    app.config.OAS_UI_DEFAULT = "swagger"
-    app.config.OAS_UI_REDOC = False
+    configure_api_docs(app)  # /docs: OpenAPI and a Swagger UI served from here
     security.configure_cors(app.config)  # before Extend: it reads the CORS settings
     Extend(app)
     app.ctx.settings = settings
@@ -210,6 +209,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         await security.identify(request)  # origin/host, user, connection slot
 
     @app.get("/")
+    @openapi.exclude()  # the page, not part of the API
     async def index(request: Request) -> HTTPResponse:
         return await file(WEB_DIR / "index.html", mime_type="text/html; charset=utf-8")
 

@@ -12,6 +12,16 @@ from sanic_ext import openapi
 
 from ..core.errors import BadRequest, NotFound, ValidationFailed
 from ..transports.base import TransportContext
+from .schemas import (
+    Conversation,
+    ConversationCreate,
+    ConversationPage,
+    MessagePage,
+    errors,
+    json_body,
+    json_response,
+    no_content,
+)
 
 __all__ = ["conversations_blueprint"]
 
@@ -59,7 +69,13 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
 
     @bp.post("/")
     @openapi.summary("Create a conversation")
-    @openapi.body({"application/json": {"title": str, "model": str}})
+    @openapi.description(
+        "An empty conversation. A conversation can also be created by a first "
+        "WebSocket `message.create` without `conversation_id`."
+    )
+    @json_body(ConversationCreate, "its title and model, both optional")
+    @errors(400, 422, 503)
+    @json_response(201, Conversation, "the new conversation")
     async def create(request: Request) -> HTTPResponse:
         body = _body(request)
         model = _optional_text(body, "model", 200)
@@ -72,10 +88,12 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
 
     @bp.get("/")
     @openapi.summary("List own conversations, newest first")
-    @openapi.parameter("limit", int)
+    @openapi.parameter("limit", int, description=f"page size, 1 to {MAX_PAGE} (default 50)")
     @openapi.parameter(
-        "before", str, description="updated_at of the last item of the previous page"
+        "before", str, description="next_before of the previous page (an updated_at time)"
     )
+    @errors(422)
+    @json_response(200, ConversationPage, "a page of conversations")
     async def list_(request: Request) -> HTTPResponse:
         limit = _limit(request)
         before_raw = request.args.get("before")
@@ -93,6 +111,8 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
 
     @bp.get("/<conversation_id:uuid>")
     @openapi.summary("Get a conversation")
+    @errors(404)
+    @json_response(200, Conversation, "the conversation")
     async def get(request: Request, conversation_id: Any) -> HTTPResponse:
         conversation = await context.service.store.get_conversation(
             request.ctx.user, str(conversation_id)
@@ -103,6 +123,8 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
 
     @bp.delete("/<conversation_id:uuid>")
     @openapi.summary("Delete a conversation; its running replies are cancelled")
+    @errors(404)
+    @no_content(204, "deleted, with its messages")
     async def delete(request: Request, conversation_id: Any) -> HTTPResponse:
         user = request.ctx.user
         if await context.service.store.get_conversation(user, str(conversation_id)) is None:
@@ -114,8 +136,14 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
 
     @bp.get("/<conversation_id:uuid>/messages")
     @openapi.summary("A page of messages, oldest first within the page")
-    @openapi.parameter("limit", int)
+    @openapi.description(
+        "The first page holds the latest messages; `next_before` pages back in time. "
+        'A running reply shows `status: "streaming"` and its last checkpoint.'
+    )
+    @openapi.parameter("limit", int, description=f"page size, 1 to {MAX_PAGE} (default 50)")
     @openapi.parameter("before", str, description="a message id: the page ends before it")
+    @errors(404, 422)
+    @json_response(200, MessagePage, "a page of messages")
     async def messages(request: Request, conversation_id: Any) -> HTTPResponse:
         limit = _limit(request)
         before = request.args.get("before") or None

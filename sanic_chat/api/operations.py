@@ -12,6 +12,7 @@ from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 
 from ..transports.base import TransportContext
+from .schemas import Health, ModelList, Readiness, json_response
 
 __all__ = ["operations_blueprint"]
 
@@ -27,16 +28,20 @@ def operations_blueprint(
 
     @bp.get("/api/v1/models")
     @openapi.summary("The configured models (never their keys)")
+    @json_response(200, ModelList, "the models, the default one, and the size limits")
     async def models(request: Request) -> HTTPResponse:
         return json({"default": context.service.models.default, "items": describe_models()})
 
     @bp.get("/healthz")
     @openapi.summary("Liveness: the process answers")
+    @json_response(200, Health, "alive")
     async def healthz(request: Request) -> HTTPResponse:
         return json({"status": "ok"})
 
     @bp.get("/readyz")
     @openapi.summary("Readiness: the database and the bus are reachable, and not draining")
+    @json_response(200, Readiness, "ready")
+    @json_response(503, Readiness, "not ready: the checks say why")
     async def readyz(request: Request) -> HTTPResponse:
         service = context.service
         names = ("database", "bus")

@@ -9,7 +9,9 @@ from typing import Any
 
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
 
+from ..api.schemas import Ticket, errors, json_response
 from ..auth import accepts_ticket, build_authenticator
 from ..config import RateLimit, Settings
 from ..core.session import FrameGate
@@ -122,6 +124,14 @@ class Security:
         tickets = self.tickets
 
         @bp.post("/api/v1/tickets")
+        @openapi.summary("Mint a one-time ticket for /ws or an SSE stream")
+        @openapi.description(
+            "Browsers cannot set `Authorization` on a WebSocket or an `EventSource`: "
+            "they call this (authenticated) and pass the ticket as `?ticket=`. "
+            "It works once, for this user, until it expires."
+        )
+        @errors(401, 429)
+        @json_response(201, Ticket, "a ticket")
         async def mint_ticket(request: Request) -> HTTPResponse:
             ticket = await tickets.mint(request.ctx.user)
             expires = datetime.now(UTC) + timedelta(seconds=ticket.expires_in_s)

@@ -21,8 +21,11 @@ from typing import Any
 import orjson
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
 from sse_starlette import ServerSentEvent
 
+from ..api import schemas
+from ..api.schemas import errors, json_body, json_response
 from ..core.errors import BadRequest, ValidationFailed
 from ..core.events import (
     TERMINAL_TYPES,
@@ -60,6 +63,17 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
 
     # ids are typed ``uuid`` in the paths so that these routes share their
     # paths with the REST API's (GET .../messages); a malformed id is a 404
+    @openapi.tag("replies")
+    @openapi.summary("Post a message; its reply starts")
+    @openapi.description(
+        "Stores the user message and starts the assistant's reply; answers once the "
+        "message is committed. Follow the reply on the conversation's or the "
+        "generation's event stream. Idempotent on `client_id`: a resend answers the "
+        "same message with `created: false`. See docs/protocol.md, Server-Sent Events."
+    )
+    @json_body(schemas.MessageCreate, "the message")
+    @errors(400, 404, 409, 413, 422, 429, 503)
+    @json_response(202, schemas.MessageAccepted, "stored; the reply is running")
     async def post_message(request: Request, conversation_id: uuid.UUID) -> HTTPResponse:
         body = _json_body(request)
         if not isinstance(body, dict):
@@ -84,6 +98,18 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             status=202,
         )
 
+    @openapi.tag("replies")
+    @openapi.summary("Follow a conversation (Server-Sent Events)")
+    @openapi.description(
+        "A `text/event-stream` of every event of the conversation from now on: each "
+        "`data:` is the same JSON object the WebSocket sends, `event:` its type, `id:` "
+        "`{generation_id}:{offset}`. Resume with the `Last-Event-ID` header (or "
+        "`?last_event_id=`). See docs/protocol.md, The event stream."
+    )
+    @openapi.parameter("last_event_id", str, description="{generation_id}:{offset} to resume")
+    @openapi.parameter("ticket", str, description="a one-time ticket (JWT auth, browsers)")
+    @errors(401, 404, 422, 429)
+    @_event_stream("the conversation's events, until the client leaves")
     async def conversation_events(request: Request, conversation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
         frame = frame_from_object(
@@ -97,6 +123,18 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         assert isinstance(frame, ConversationSubscribe)
         await _serve(request, context, streams, frame, until_terminal_of=None)
 
+    @openapi.tag("replies")
+    @openapi.summary("Follow one reply (Server-Sent Events)")
+    @openapi.description(
+        "A `text/event-stream` of one reply from `offset`: `generation.started`, its "
+        "text so far, its live deltas, its terminal event; then the response ends. "
+        "See docs/protocol.md, Resuming."
+    )
+    @openapi.parameter("offset", int, description="code points already held (default 0)")
+    @openapi.parameter("last_event_id", str, description="{generation_id}:{offset} to resume")
+    @openapi.parameter("ticket", str, description="a one-time ticket (JWT auth, browsers)")
+    @errors(401, 404, 422, 429)
+    @_event_stream("the reply's events, up to its terminal event")
     async def generation_events(request: Request, generation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
         offset: int | None = _offset_arg(request)
@@ -108,6 +146,14 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         assert isinstance(frame, GenerationResume)
         await _serve(request, context, streams, frame, until_terminal_of=frame.generation_id)
 
+    @openapi.tag("replies")
+    @openapi.summary("Stop a running reply")
+    @openapi.description(
+        "Ends the reply for everyone following it; the terminal event "
+        "(`generation.cancelled`, or how it ended first) follows on the streams."
+    )
+    @errors(404, 422, 429)
+    @json_response(202, schemas.CancelAccepted, "Stop taken")
     async def cancel(request: Request, generation_id: uuid.UUID) -> HTTPResponse:
         frame = frame_from_object(
             {"type": "generation.cancel", "generation_id": str(generation_id)}
@@ -148,6 +194,10 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         name="sse_cancel",
     )
     app.register_listener(end_streams, "before_server_stop")
+
+
+def _event_stream(description: str) -> Any:
+    return openapi.response(200, {"text/event-stream": {"schema": {"type": "string"}}}, description)
 
 
 def _json_body(request: Request) -> Any:

@@ -20,6 +20,7 @@ from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
+from ..api.docs import describe_websocket
 from ..core.errors import ChatError
 from ..core.events import ErrorEvent, encode_event
 from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
@@ -108,6 +109,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             await asyncio.gather(*closing, return_exceptions=True)
 
     app.add_websocket_route(websocket, "/ws", name="websocket")
+    describe_websocket(app, "websocket")  # its OpenAPI description (/docs)
     app.register_listener(going_away, "before_server_stop")
 
 
