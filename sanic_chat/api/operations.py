@@ -30,7 +30,20 @@ def operations_blueprint(
     @openapi.summary("The configured models (never their keys)")
     @json_response(200, ModelList, "the models, the default one, and the size limits")
     async def models(request: Request) -> HTTPResponse:
-        return json({"default": context.service.models.default, "items": describe_models()})
+        # the limits let a client refuse a message before sending it, rather
+        # than learn them from a refusal (a 1009 close ends the connection)
+        limits = {
+            "max_content_chars": context.service.settings.max_content_chars,
+            "max_frame_bytes": context.max_frame_bytes,
+            "max_body_bytes": request.app.config.REQUEST_MAX_SIZE,
+        }
+        return json(
+            {
+                "default": context.service.models.default,
+                "items": describe_models(),
+                "limits": limits,
+            }
+        )
 
     @bp.get("/healthz")
     @openapi.summary("Liveness: the process answers")

@@ -18,45 +18,58 @@ const MODEL_KEY = "sanic-chat.model";
 const PAGE_SIZE = 30;
 const NARROW = matchMedia("(max-width: 760px)");
 
-const $ = (id) => document.getElementById(id);
+/**
+ * The page's element `id`, which must be a `type` (checked: a missing or
+ * different element fails here, at start, not later at first use).
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{new (): T, prototype: T}} type
+ * @returns {T}
+ */
+function $(id, type) {
+  const node = document.getElementById(id);
+  if (!(node instanceof type)) throw new Error(`the page has no ${type.name} #${id}`);
+  return node;
+}
+const Button = HTMLButtonElement;
 const ui = {
-  app: $("app"),
-  sidebar: $("sidebar"),
-  scrim: $("scrim"),
-  openSidebar: $("open-sidebar"),
-  closeSidebar: $("close-sidebar"),
-  newChat: $("new-chat"),
-  conversations: $("conversations"),
-  conversationsEmpty: $("conversations-empty"),
-  moreConversations: $("more-conversations"),
-  tokenButton: $("token-button"),
-  title: $("title"),
-  model: $("model"),
-  conn: $("conn"),
-  connLabel: $("conn-label"),
-  banner: $("banner"),
-  bannerText: $("banner-text"),
-  bannerAction: $("banner-action"),
-  bannerClose: $("banner-close"),
-  messages: $("messages"),
-  older: $("older"),
-  empty: $("empty"),
-  list: $("list"),
-  live: $("live"),
-  composer: $("composer"),
-  input: $("input"),
-  send: $("send"),
-  stop: $("stop"),
-  hint: $("hint"),
-  tokenDialog: $("token-dialog"),
-  tokenForm: $("token-form"),
-  tokenInput: $("token-input"),
-  tokenClear: $("token-clear"),
+  app: $("app", HTMLElement),
+  sidebar: $("sidebar", HTMLElement),
+  scrim: $("scrim", HTMLElement),
+  openSidebar: $("open-sidebar", Button),
+  closeSidebar: $("close-sidebar", Button),
+  newChat: $("new-chat", Button),
+  conversations: $("conversations", HTMLUListElement),
+  conversationsEmpty: $("conversations-empty", HTMLParagraphElement),
+  moreConversations: $("more-conversations", Button),
+  tokenButton: $("token-button", Button),
+  title: $("title", HTMLHeadingElement),
+  model: $("model", HTMLSelectElement),
+  conn: $("conn", HTMLSpanElement),
+  connLabel: $("conn-label", HTMLSpanElement),
+  banner: $("banner", HTMLDivElement),
+  bannerText: $("banner-text", HTMLSpanElement),
+  bannerAction: $("banner-action", Button),
+  bannerClose: $("banner-close", Button),
+  messages: $("messages", HTMLElement),
+  older: $("older", Button),
+  empty: $("empty", HTMLDivElement),
+  list: $("list", HTMLOListElement),
+  live: $("live", HTMLDivElement),
+  composer: $("composer", HTMLFormElement),
+  input: $("input", HTMLTextAreaElement),
+  send: $("send", Button),
+  stop: $("stop", Button),
+  hint: $("hint", HTMLParagraphElement),
+  tokenDialog: $("token-dialog", HTMLDialogElement),
+  tokenForm: $("token-form", HTMLFormElement),
+  tokenInput: $("token-input", HTMLInputElement),
+  tokenClear: $("token-clear", Button),
 };
 
 const client = new ChatClient({ token: sessionStorage.getItem(TOKEN_KEY) });
 // for the console (and the browser tests): the page's client
-window.sanicChat = { client };
+Object.assign(window, { sanicChat: { client } });
 
 const view = {
   conversationId: null,
@@ -255,9 +268,10 @@ function markSent(li, message) {
 
 function placeByTime(li) {
   const created = li.dataset.created;
-  let after = ui.list.lastElementChild;
+  /** @type {HTMLElement|null} the thread's items are all <li> */
+  let after = /** @type {HTMLElement|null} */ (ui.list.lastElementChild);
   while (created && after && after.dataset.created && after.dataset.created > created) {
-    after = after.previousElementSibling;
+    after = /** @type {HTMLElement|null} */ (after.previousElementSibling);
   }
   if (after) after.after(li);
   else ui.list.prepend(li);
@@ -342,9 +356,19 @@ function setRunning(id) {
   ui.stop.hidden = !id;
   ui.stop.disabled = false;
   ui.send.hidden = !!id;
-  ui.hint.textContent = id
-    ? "A reply is being written · Stop ends it"
-    : "Enter to send · Shift+Enter for a new line";
+  updateHint();
+}
+
+/** The hint under the box: what Enter does, or why the text is too large to send. */
+function updateHint() {
+  const text = ui.input.value;
+  const problem = text.trim()
+    ? client.sizeProblem(text, { conversationId: view.conversationId, model: ui.model.value || undefined })
+    : null;
+  ui.hint.classList.toggle("error", !!problem);
+  if (problem) ui.hint.textContent = sentence(problem.message);
+  else if (view.running) ui.hint.textContent = "A reply is being written · Stop ends it";
+  else ui.hint.textContent = "Enter to send · Shift+Enter for a new line";
 }
 
 // ------------------------------------------------------------------ reading out
@@ -471,7 +495,10 @@ function autosize() {
   ui.input.style.height = "auto";
   ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
 }
-ui.input.addEventListener("input", autosize);
+ui.input.addEventListener("input", () => {
+  autosize();
+  updateHint();
+});
 
 ui.stop.addEventListener("click", async () => {
   const id = view.running;
@@ -489,6 +516,7 @@ ui.older.addEventListener("click", loadOlder);
 
 // copy buttons of code blocks (markdown.js renders them; one listener serves all)
 ui.list.addEventListener("click", async (event) => {
+  if (!(event.target instanceof Element)) return;
   const button = event.target.closest("button[data-copy]");
   if (!button) return;
   const code = button.closest(".codeblock").querySelector("code").textContent;
@@ -510,15 +538,38 @@ ui.list.addEventListener("click", async (event) => {
 
 // ------------------------------------------------------------------ client events
 
-client.addEventListener("conversation", ({ detail }) => {
-  // a new chat was created for a message being sent
-  rememberConversation(detail.conversation, { top: true });
+/**
+ * Listen to one of the client's events; they are CustomEvents: `handle` gets the detail.
+ * @param {string} type
+ * @param {(detail: any) => void} handle
+ */
+function onClient(type, handle) {
+  client.addEventListener(type, (event) => handle(/** @type {CustomEvent} */ (event).detail));
+}
+
+onClient("conversation", (detail) => {
+  // a new chat was created for a message being sent; it joins the sidebar
+  // when that message is stored (the "message" event), not before: a message
+  // the server refuses leaves no empty conversation there
+  view.conversations.set(detail.conversation.id, detail.conversation);
   if (view.pendingNew === detail.clientId && !view.conversationId) {
     adoptConversation(detail.conversation.id);
   }
 });
 
-client.addEventListener("message", ({ detail }) => {
+onClient("discarded", (detail) => {
+  // the message it was made for was refused: the client deleted it again
+  forgetConversation(detail.conversationId);
+  if (view.conversationId !== detail.conversationId) return;
+  // back to a new chat, keeping the refused message on screen (Send again)
+  view.conversationId = null;
+  view.pendingNew = null;
+  history.replaceState(null, "", "#/");
+  markActiveConversation();
+  updateTitle();
+});
+
+onClient("message", (detail) => {
   const { conversationId, message, clientId, generationId } = detail;
   if (view.pendingNew === clientId && !view.conversationId) adoptConversation(conversationId);
   touchConversation(conversationId, message.created_at);
@@ -538,7 +589,7 @@ client.addEventListener("message", ({ detail }) => {
   }
 });
 
-client.addEventListener("generation", ({ detail }) => {
+onClient("generation", (detail) => {
   const { type, generationId, conversationId } = detail;
   if (conversationId) touchConversation(conversationId);
   if (conversationId !== view.conversationId && !view.byId.has(generationId)) return;
@@ -557,7 +608,7 @@ client.addEventListener("generation", ({ detail }) => {
   if (stick) scrollToBottom();
 });
 
-client.addEventListener("delta", ({ detail }) => {
+onClient("delta", (detail) => {
   const { generationId, conversationId, content } = detail;
   if (conversationId !== view.conversationId && !view.byId.has(generationId)) return;
   assistantItem(generationId);
@@ -567,7 +618,7 @@ client.addEventListener("delta", ({ detail }) => {
   announce(generationId, content, false);
 });
 
-client.addEventListener("resync", ({ detail }) => {
+onClient("resync", (detail) => {
   // back after a disconnect: show what happened meanwhile
   if (detail.conversationId !== view.conversationId) return;
   for (const m of detail.page.items) insertMessage(m);
@@ -575,9 +626,9 @@ client.addEventListener("resync", ({ detail }) => {
   if (streaming && !view.running) setRunning(streaming.id);
 });
 
-client.addEventListener("status", ({ detail }) => showStatus(detail));
+onClient("status", (detail) => showStatus(detail));
 
-client.addEventListener("error", ({ detail }) => {
+onClient("error", (detail) => {
   if (detail.clientId) return; // shown on the message that was not sent
   if (detail.code === "not_found" && detail.conversationId) {
     if (detail.conversationId === view.conversationId) navigate(null);
@@ -640,6 +691,11 @@ function showStatus({ state, transport, retryInMs }) {
 
 // ------------------------------------------------------------------ banner
 
+/**
+ * @param {string} kind what the banner is about (a later one of the same kind replaces it)
+ * @param {string} text
+ * @param {{action?: string, onAction?: () => void}} [button]
+ */
 function showBanner(kind, text, { action, onAction } = {}) {
   view.bannerKind = kind;
   ui.banner.hidden = false;
@@ -657,16 +713,23 @@ function hideBanner() {
 
 ui.bannerClose.addEventListener("click", hideBanner);
 
+function sentence(text) {
+  return `${text[0].toUpperCase()}${text.slice(1)}.`;
+}
+
 const FRIENDLY = {
   network: "the server could not be reached",
   conflict: "a reply is already being written in this conversation",
   rate_limited: "too many messages; wait a moment",
-  too_large: "the message is too long",
   unauthorized: "the token was refused",
   unavailable: "the server is busy; it will be retried",
 };
 
 function describe(error) {
+  if (error.code === "too_large") {
+    // the client states the limit; the server's refusal says what it was
+    return error.limit ? sentence(error.message) : `The message is too long: ${error.message}.`;
+  }
   const friendly = FRIENDLY[error.code];
   return friendly ? `${friendly[0].toUpperCase()}${friendly.slice(1)}.` : error.message || String(error);
 }
@@ -760,6 +823,7 @@ async function removeConversation(id) {
 
 function markActiveConversation() {
   for (const li of ui.conversations.children) {
+    if (!(li instanceof HTMLLIElement)) continue;
     const link = li.querySelector("a");
     if (li.dataset.id === view.conversationId) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");

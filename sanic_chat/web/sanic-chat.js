@@ -25,6 +25,8 @@
  *   still running is resumed from the offset the client already has.
  */
 
+import { applyDelta, codePointLength, dropCodePoints } from "./offsets.js";
+
 export const PROTOCOL_VERSION = 1;
 
 const TERMINAL_TYPES = new Set([
@@ -51,34 +53,7 @@ const CLOSE_RESYNC = 4001;
 
 // ------------------------------------------------------------------ code points
 
-/** Length of `text` in Unicode code points (what the protocol's offsets count). */
-export function codePointLength(text) {
-  let n = text.length;
-  for (let i = 0; i < text.length - 1; i++) {
-    const c = text.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff) {
-      const d = text.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        n--;
-        i++;
-      }
-    }
-  }
-  return n;
-}
-
-/** `text` without its first `count` code points. */
-export function dropCodePoints(text, count) {
-  let i = 0;
-  for (let seen = 0; seen < count && i < text.length; seen++) {
-    const c = text.charCodeAt(i);
-    const pair =
-      c >= 0xd800 && c <= 0xdbff && i + 1 < text.length &&
-      (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
-    i += pair ? 2 : 1;
-  }
-  return text.slice(i);
-}
+export { codePointLength, dropCodePoints };
 
 /** A v4 UUID; `crypto.randomUUID` only exists in secure contexts. */
 export function uuid4() {
@@ -102,13 +77,50 @@ export function uuid4() {
  * codes, plus `network`), a human `message`, and the HTTP `status` or the
  * `ref` (client_id / generation_id) when there is one. */
 export class ChatError extends Error {
-  constructor(code, message, { status = null, ref = null, cause } = {}) {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{status?: number|null, ref?: string|null, cause?: unknown, limit?: SizeLimit|null}} [details]
+   */
+  constructor(code, message, { status = null, ref = null, cause, limit = null } = {}) {
     super(message, cause ? { cause } : undefined);
     this.name = "ChatError";
     this.code = code;
     this.status = status;
     this.ref = ref;
+    /** for `too_large`: which limit, how much is allowed, how much was tried */
+    this.limit = limit;
   }
+}
+
+/**
+ * @typedef {object} SizeLimit
+ * @property {"content_chars"|"frame_bytes"|"body_bytes"} name
+ * @property {number|null} max what the server accepts (null: not known)
+ * @property {number} size what the message has (code points or bytes)
+ */
+
+/**
+ * @typedef {object} Limits the server's size limits (`GET /api/v1/models`)
+ * @property {number} max_content_chars code points in one message
+ * @property {number} max_frame_bytes bytes in one WebSocket frame
+ * @property {number} max_body_bytes bytes in one HTTP request body
+ */
+
+/** WebSocket close code of a frame larger than the server accepts. */
+const CLOSE_TOO_BIG = 1009;
+
+/** A UUID's length: what a `conversation_id` adds to a frame at most. */
+const UUID_CHARS = 36;
+
+/** UTF-8 length of `text` in bytes. */
+function utf8Bytes(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+/** `n` with thousands separators, the same in every locale ("32,000"). */
+function count(n) {
+  return n.toLocaleString("en-US");
 }
 
 const HTTP_CODES = {
@@ -148,6 +160,10 @@ export class ChatClient extends EventTarget {
    * @param {number} [options.wsFailuresBeforeSse] failed WebSocket opens before falling back
    * @param {number} [options.backoffInitialMs] first reconnect delay
    * @param {number} [options.backoffMaxMs] longest reconnect delay
+   * @param {number} [options.historyPageSize] page size `openConversation` reads
+   * @param {typeof globalThis.fetch} [options.fetch] for tests: a stand-in `fetch`
+   * @param {typeof globalThis.WebSocket} [options.WebSocket] for tests: a stand-in `WebSocket`
+   * @param {typeof globalThis.EventSource} [options.EventSource] for tests: a stand-in `EventSource`
    */
   constructor(options = {}) {
     super();
@@ -197,6 +213,11 @@ export class ChatClient extends EventTarget {
     this._seenMessages = new BoundedSet(2000);
     /** client_id -> pending send, in sending order */
     this._pending = new Map();
+    /** @type {Limits|null} the server's size limits, once known (see `listModels`) */
+    this.limits = null;
+    this._limitsAsked = false;
+    /** @type {Promise<any>|null} a models request in flight (shared by callers) */
+    this._modelsRequest = null;
 
     this._onOnline = () => (this.state === "open" ? this._probe() : this.reconnectNow());
     this._onOffline = () => this._goOffline();
@@ -262,6 +283,8 @@ export class ChatClient extends EventTarget {
    * (an assistant message with status `streaming`) is resumed from the code
    * points the page already holds; its item's content is the longest text
    * known. Pass `null` to follow none (a new, empty chat).
+   * @param {string|null} conversationId
+   * @param {{limit?: number}} [options]
    */
   async openConversation(conversationId, { limit } = {}) {
     const previous = this.conversationId;
@@ -297,11 +320,15 @@ export class ChatClient extends EventTarget {
    * Without `conversationId` it starts a new conversation; with `title` that
    * conversation is created first (`POST /api/v1/conversations`) so it gets
    * the title. Over SSE a new conversation is always created that way.
+   * @param {string} content
+   * @param {{conversationId?: string|null, model?: string, title?: string}} [options]
    */
   send(content, { conversationId = this.conversationId, model, title } = {}) {
     if (typeof content !== "string" || !content.trim()) {
       throw new ChatError("validation_error", "a message needs some text");
     }
+    const tooLarge = this.sizeProblem(content, { conversationId, model });
+    if (tooLarge) throw tooLarge;
     const p = {
       clientId: uuid4(),
       content,
@@ -310,6 +337,8 @@ export class ChatClient extends EventTarget {
       title: title || undefined,
       sends: 0,
       busy: false,
+      sentOn: null, // the connection (seq) it last went out on
+      createdConversation: null, // the id of a conversation made for it
     };
     p.accepted = new Promise((resolve, reject) => {
       p.resolve = resolve;
@@ -320,6 +349,49 @@ export class ChatClient extends EventTarget {
     if (!this.conversationId && p.conversationId) this.conversationId = p.conversationId;
     this._dispatch(p);
     return { clientId: p.clientId, accepted: p.accepted };
+  }
+
+  /**
+   * Why the server would refuse `content` for its size: a `too_large`
+   * ChatError whose `limit` names the limit, or null. The limits are the
+   * server's (`limits`, learnt from `GET /api/v1/models`); while they are not
+   * known this says null and the server decides: a message it refuses for
+   * size (`error` too_large, or a 1009 close) fails and is never re-sent.
+   * @param {string} content
+   * @param {{conversationId?: string|null, model?: string}} [options]
+   * @returns {ChatError|null}
+   */
+  sizeProblem(content, { conversationId = this.conversationId, model } = {}) {
+    const limits = this.limits;
+    if (!limits) return null;
+    const chars = codePointLength(content);
+    const maxChars = limits.max_content_chars;
+    if (maxChars && chars > maxChars) {
+      return new ChatError(
+        "too_large",
+        `the message is ${count(chars)} characters long; the server accepts at most ${count(maxChars)}`,
+        { limit: { name: "content_chars", max: maxChars, size: chars } }
+      );
+    }
+    // as it would go out; the id of a conversation not made yet is as long as any
+    const clientId = uuid4();
+    if (this._mode === "websocket") {
+      const frame = messageFrame(clientId, content, conversationId || "0".repeat(UUID_CHARS), model);
+      const bytes = utf8Bytes(JSON.stringify(frame));
+      const max = limits.max_frame_bytes;
+      if (max && bytes > max) return frameTooLarge(bytes, max);
+    } else {
+      const bytes = utf8Bytes(JSON.stringify(clean({ client_id: clientId, content, model })));
+      const max = limits.max_body_bytes;
+      if (max && bytes > max) {
+        return new ChatError(
+          "too_large",
+          `the message is too large to send: ${count(bytes)} bytes, the server accepts at most ${count(max)}`,
+          { limit: { name: "body_bytes", max, size: bytes } }
+        );
+      }
+    }
+    return null;
   }
 
   /** Messages sent but not acknowledged yet (oldest first). */
@@ -389,14 +461,32 @@ export class ChatClient extends EventTarget {
     return data;
   }
 
+  /** The configured models, `{default, items, limits}`; the server's size
+   * limits are kept as `limits`. Callers at the same time share one request. */
   listModels() {
-    return this.request("GET", "/api/v1/models");
+    if (!this._modelsRequest) {
+      this._modelsRequest = this.request("GET", "/api/v1/models").then(
+        (answer) => {
+          this._modelsRequest = null;
+          this._limitsAsked = true;
+          if (answer && answer.limits) this.limits = answer.limits;
+          return answer;
+        },
+        (error) => {
+          this._modelsRequest = null;
+          throw error;
+        }
+      );
+    }
+    return this._modelsRequest;
   }
 
+  /** @param {{limit?: number, before?: string}} [page] */
   listConversations({ limit, before } = {}) {
     return this.request("GET", `/api/v1/conversations${query({ limit, before })}`);
   }
 
+  /** @param {{title?: string, model?: string}} [fields] */
   createConversation({ title, model } = {}) {
     return this.request("POST", "/api/v1/conversations", clean({ title, model }));
   }
@@ -410,7 +500,9 @@ export class ChatClient extends EventTarget {
     return this.request("DELETE", `/api/v1/conversations/${encodeURIComponent(conversationId)}`);
   }
 
-  /** A page of history, oldest first: `{items, next_before}`; pass `before` to page back. */
+  /** A page of history, oldest first: `{items, next_before}`; pass `before` to page back.
+   * @param {string} conversationId
+   * @param {{limit?: number, before?: string}} [page] */
   listMessages(conversationId, { limit, before } = {}) {
     const id = encodeURIComponent(conversationId);
     return this.request("GET", `/api/v1/conversations/${id}/messages${query({ limit, before })}`);
@@ -525,6 +617,8 @@ export class ChatClient extends EventTarget {
         this._wsFailed(seq);
         return;
       }
+      // a frame too big: the message in it fails (it would be refused again)
+      if (event.code === CLOSE_TOO_BIG) this._frameRefused(seq);
       // 1000 only when we closed it; 1001 server going away; 4008 too slow: all resume by offset
       this._scheduleReconnect({ code: event.code, reason: event.reason });
     };
@@ -579,7 +673,8 @@ export class ChatClient extends EventTarget {
     }
     // known at once, so a send waits for this stream rather than opening another
     this._esConversation = conversationId;
-    let resolveReady;
+    /** @type {(ready: boolean) => void} */
+    let resolveReady = () => {};
     this._sseReady = new Promise((resolve) => (resolveReady = resolve));
     const stale = () => {
       if (seq === this._seq && this.conversationId === conversationId) return false;
@@ -676,11 +771,14 @@ export class ChatClient extends EventTarget {
     this._everOpen = true;
     this._attempt = 0;
     this._setState("open", transport);
-    if (transport === "websocket") this._startPing(seq);
+    if (transport === "websocket") this._startPing();
+    // the size limits, so that a message too large is refused before it is sent
+    if (!this.limits && !this._limitsAsked) this.listModels().catch(() => {});
     this._resubscribe(seq, reconnect);
     for (const p of this._pending.values()) this._dispatch(p);
   }
 
+  /** @param {{code?: number, reason?: string, error?: unknown}} [why] */
   _scheduleReconnect({ code } = {}) {
     if (!this._started || this.state === "unauthorized") return;
     this._dropTransport();
@@ -746,7 +844,7 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  _startPing(seq) {
+  _startPing() {
     this._clearTimer("ping");
     this._pingSentAt = 0;
     this._timers.ping = setInterval(() => this._probe(), this.options.pingIntervalMs);
@@ -899,19 +997,27 @@ export class ChatClient extends EventTarget {
 
   async _dispatch(p) {
     if (this.state !== "open" || p.busy || !this._pending.has(p.clientId)) return;
+    // the limits may have come (or the transport changed) since send()
+    const tooLarge = this.sizeProblem(p.content, { conversationId: p.conversationId, model: p.model });
+    if (tooLarge) {
+      this._sendFailed(p, tooLarge);
+      return;
+    }
     p.busy = true;
     try {
       if (!p.conversationId && (p.title || this._mode === "sse")) {
         const conversation = await this.createConversation({ title: p.title, model: p.model });
         p.conversationId = conversation.id;
+        p.createdConversation = conversation.id;
         if (!this.conversationId) this.conversationId = conversation.id;
         this._emit("conversation", { conversation, clientId: p.clientId });
       }
       if (this._mode === "websocket") {
-        const frame = { type: "message.create", client_id: p.clientId, content: p.content };
-        if (p.conversationId) frame.conversation_id = p.conversationId;
-        if (p.model) frame.model = p.model;
-        if (this._sendFrame(frame)) p.sends++;
+        const frame = messageFrame(p.clientId, p.content, p.conversationId, p.model);
+        if (this._sendFrame(frame)) {
+          p.sends++;
+          p.sentOn = this._seq; // the connection it went out on (see _frameRefused)
+        }
       } else {
         await this._postSse(p);
       }
@@ -959,8 +1065,45 @@ export class ChatClient extends EventTarget {
     }
     this._pending.delete(p.clientId);
     error.ref = p.clientId;
+    if (p.createdConversation) this._discardConversation(p);
     p.reject(error);
     this._reportError(error.code, error.message, { ref: p.clientId, clientId: p.clientId });
+  }
+
+  /** The server closed connection `seq` for a frame larger than it accepts
+   * (1009). Only a message is ever that large: the largest one sent on that
+   * connection and not acknowledged fails, since a re-send would be refused
+   * again, on every reconnect, without end. The others are re-sent as after
+   * any dropped connection. */
+  _frameRefused(seq) {
+    let culprit = null;
+    let bytes = 0;
+    for (const p of this._pending.values()) {
+      if (p.sentOn !== seq) continue;
+      const frame = messageFrame(p.clientId, p.content, p.conversationId, p.model);
+      const size = utf8Bytes(JSON.stringify(frame));
+      if (size > bytes) {
+        culprit = p;
+        bytes = size;
+      }
+    }
+    if (culprit) this._sendFailed(culprit, frameTooLarge(bytes, this.limits ? this.limits.max_frame_bytes : null));
+  }
+
+  /** A conversation this client made for a message the server then refused
+   * holds nothing: it is deleted (`discarded`), so that no empty conversation
+   * is left behind; unless another message or reply of this client is in it. */
+  _discardConversation(p) {
+    const conversationId = p.createdConversation;
+    p.createdConversation = null;
+    for (const other of this._pending.values()) {
+      if (other !== p && other.conversationId === conversationId) return;
+    }
+    if (this._runningIn(conversationId).length) return;
+    if (this.conversationId === conversationId) this.openConversation(null);
+    this._emit("discarded", { conversationId, clientId: p.clientId });
+    const path = `/api/v1/conversations/${encodeURIComponent(conversationId)}`;
+    this.request("DELETE", path).catch(() => {}); // if it fails, an empty conversation stays
   }
 
   _retryPendingSoon() {
@@ -1059,8 +1202,8 @@ export class ChatClient extends EventTarget {
     const id = frame.generation_id;
     if (this._finished.has(id) || typeof frame.text !== "string") return;
     const g = this._gen(id);
-    const start = frame.offset;
-    if (start > g.length) {
+    const step = applyDelta(g.length, frame.offset, frame.text);
+    if (step.kind === "gap") {
       // Text between what we have and this delta did not come here: a reply
       // this connection joined mid-way (a resent message whose first answer
       // was lost, a subscription) or a lost frame. Over WebSocket, ask for
@@ -1079,17 +1222,14 @@ export class ChatClient extends EventTarget {
       this._resyncConnection();
       return;
     }
-    const end = start + codePointLength(frame.text);
-    if (end <= g.length) return; // already have all of it
-    const text = start < g.length ? dropCodePoints(frame.text, g.length - start) : frame.text;
-    const offset = g.length;
-    g.content += text;
-    g.length = end;
+    if (step.kind === "duplicate") return; // already have all of it
+    g.content += step.text;
+    g.length = step.length;
     this._emit("delta", {
       generationId: id,
       conversationId: g.conversationId,
-      offset,
-      text,
+      offset: step.offset,
+      text: step.text,
       content: g.content,
       length: g.length,
     });
@@ -1167,6 +1307,23 @@ function detach(ws, reason) {
   } catch {
     /* already closed */
   }
+}
+
+/** A `message.create` frame, exactly as it is sent. */
+function messageFrame(clientId, content, conversationId, model) {
+  /** @type {Record<string, string>} */
+  const frame = { type: "message.create", client_id: clientId, content };
+  if (conversationId) frame.conversation_id = conversationId;
+  if (model) frame.model = model;
+  return frame;
+}
+
+/** @param {number} bytes @param {number|null} max */
+function frameTooLarge(bytes, max) {
+  const limit = max ? `, the server accepts at most ${count(max)} in one frame` : ", more than the server accepts in one frame";
+  return new ChatError("too_large", `the message is too large to send: ${count(bytes)} bytes${limit}`, {
+    limit: { name: "frame_bytes", max, size: bytes },
+  });
 }
 
 function clean(object) {

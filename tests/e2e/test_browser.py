@@ -733,6 +733,150 @@ def test_phone_width_has_no_sideways_scroll(browser: Any, server: RunningServer)
         context.close()
 
 
+# ------------------------------------------------------------------ big input
+
+#: the server's defaults (SANIC_CHAT_MAX_CONTENT_CHARS, SANIC_CHAT_MAX_FRAME_BYTES,
+#: SANIC_CHAT_MAX_BODY_BYTES), which the module's server runs with
+DEFAULT_LIMITS = {
+    "max_content_chars": 32_000,
+    "max_frame_bytes": 262_144,
+    "max_body_bytes": 1_048_576,
+}
+ONE_MB = "x" * 1_000_000
+
+
+def open_counting_sockets(
+    context: Any, server: RunningServer, *, strip: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """A page whose WebSocket opens and ``message.create`` frames are counted
+    from its first connection on; with ``strip`` it is not told the limits."""
+    seen: dict[str, Any] = {"opens": 0, "creates": []}
+    page = context.new_page()
+    if strip:
+        strip_limits(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.js_errors = errors
+
+    def opened(ws: Any) -> None:
+        seen["opens"] += 1
+
+        def sent(payload: str | bytes) -> None:
+            if '"message.create"' in str(payload[:200]):
+                seen["creates"].append(len(payload))
+
+        ws.on("framesent", sent)
+
+    page.on("websocket", opened)
+    page.goto(server.base_url + "/")
+    page.wait_for_selector('#conn[data-state="open"]')
+    page.locator("#model option").first.wait_for(state="attached")  # the models (and limits) are in
+    return page, seen
+
+
+def conversation_ids(server: RunningServer) -> set[str]:
+    answer = httpx.get(f"{server.base_url}/api/v1/conversations?limit=100")
+    answer.raise_for_status()
+    return {c["id"] for c in answer.json()["items"]}
+
+
+def strip_limits(page: Any) -> None:
+    """Answer /api/v1/models without ``limits`` (an older server, or a client
+    that has not learnt them yet): only the server can refuse then."""
+
+    def handle(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body.pop("limits", None)
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r".*/api/v1/models$"), handle)
+
+
+def test_the_models_answer_states_the_limits(server: RunningServer) -> None:
+    answer = httpx.get(f"{server.base_url}/api/v1/models")
+    assert answer.json()["limits"] == DEFAULT_LIMITS
+
+
+def test_a_message_over_the_limit_is_refused_in_the_page_and_never_sent(
+    context: Any, server: RunningServer
+) -> None:
+    before = conversation_ids(server)
+    page, seen = open_counting_sockets(context, server)
+    page.fill("#input", ONE_MB)  # as a paste would
+    page.press("#input", "Enter")
+    banner = page.locator("#banner")
+    banner.wait_for()
+    text = banner.inner_text()
+    assert "32,000" in text and "1,000,000" in text, text  # the limit, and what was tried
+    page.wait_for_timeout(5000)
+    assert seen["opens"] == 1, "the page reconnected"
+    assert seen["creates"] == []
+    assert page.get_attribute("#conn", "data-state") == "open"
+    # the text stays in the box to be shortened; nothing was added anywhere
+    assert page.evaluate("document.getElementById('input').value.length") == len(ONE_MB)
+    assert page.locator(".msg").count() == 0
+    assert page.locator("#conversations li").count() == len(before)
+    assert conversation_ids(server) == before
+    assert page.evaluate("location.hash") in ("", "#/")
+    shot(page, "15-too-large-refused")
+    # a message within the limits still goes out on the same connection
+    send(page, "a short one after all")
+    conv_id = conversation_id(page)
+    assert final_reply(server, conv_id)["status"] == "complete"
+    assert seen["opens"] == 1 and len(seen["creates"]) == 1
+    assert page.js_errors == []
+
+
+def test_a_message_the_server_refuses_as_too_long_is_failed_and_not_sent_again(
+    context: Any, server: RunningServer
+) -> None:
+    """Just over SANIC_CHAT_MAX_CONTENT_CHARS, well under the frame limit: the
+    server answers ``error`` too_large. The message is shown not sent, its
+    conversation (made for it) is gone, and a reconnect does not re-send it."""
+    before = conversation_ids(server)
+    page, seen = open_counting_sockets(context, server, strip=True)
+    send(page, "y" * (DEFAULT_LIMITS["max_content_chars"] + 1))
+    failed = page.locator(".msg.user.not-sent")
+    failed.wait_for()
+    assert "32000" in failed.locator(".meta").inner_text()
+    assert len(seen["creates"]) == 1
+    # a reconnect: pending messages would be sent again now
+    context.set_offline(True)
+    page.wait_for_selector('#conn[data-state="offline"]')
+    context.set_offline(False)
+    page.wait_for_selector('#conn[data-state="open"]')
+    page.wait_for_timeout(2000)
+    assert len(seen["creates"]) == 1, "the refused message was sent again"
+    assert page.locator(".msg.user.not-sent").count() == 1
+    # no empty conversation, in the sidebar or on the server
+    assert page.locator("#conversations li").count() == len(before)
+    assert conversation_ids(server) == before
+    assert page.evaluate("location.hash") in ("", "#/")
+    assert page.js_errors == []
+
+
+def test_a_frame_the_server_closes_the_connection_for_is_failed_and_not_sent_again(
+    context: Any, server: RunningServer
+) -> None:
+    """Without the limits the page cannot refuse 1 MB itself: the server closes
+    the WebSocket (1009). The page reconnects once, marks the message failed
+    and never sends it again (it used to on every reconnect, without end)."""
+    before = conversation_ids(server)
+    page, seen = open_counting_sockets(context, server, strip=True)
+    send(page, ONE_MB)
+    failed = page.locator(".msg.user.not-sent")
+    failed.wait_for()
+    assert "too large" in failed.locator(".meta").inner_text().lower()
+    page.wait_for_timeout(5000)
+    assert len(seen["creates"]) == 1, "the refused message was sent again"
+    assert seen["opens"] == 2, seen["opens"]  # the closed one, and one reconnect
+    assert page.get_attribute("#conn", "data-state") == "open"
+    assert page.locator("#conversations li").count() == len(before)
+    assert conversation_ids(server) == before
+    assert page.js_errors == []
+
+
 # ------------------------------------------------------------------ tokens
 
 JWT_SECRET = "browser-test-secret-" + "x" * 32
