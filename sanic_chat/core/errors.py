@@ -123,6 +123,13 @@ class ProviderError(ChatError):
     code = "provider_error"
     http_status = 502
     retryable: bool = False
+    # Where it failed, for the operator's log line (never shown to users; never
+    # a secret): the upstream's host[:port] (no scheme, credentials, path or
+    # query), its HTTP status when a response arrived, and its own model id.
+    # The provider that raised the error fills them in.
+    upstream_host: str | None = None
+    upstream_status: int | None = None
+    upstream_model: str | None = None
 
 
 class ProviderFailure(ProviderError):

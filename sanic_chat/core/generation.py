@@ -140,15 +140,15 @@ class Generation:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._stream_task
                 status = "interrupted"
-        except ProviderError as exc:
+        except ChatError as exc:  # ProviderError among them
             status, error = "failed", ErrorInfo(exc.code, exc.message)
-        except ChatError as exc:
-            status, error = "failed", ErrorInfo(exc.code, exc.message)
+            self._log_failure(error, exc)
         except Exception:
             log.exception("generation %s failed unexpectedly", self.id)
             status, error = "failed", ErrorInfo("internal", "the reply failed unexpectedly")
         if status == "interrupted":
             error = ErrorInfo("interrupted", "the server stopped before the reply finished")
+            self._log_failure(error, None)
         if self._checkpoint_task is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint_task
@@ -157,6 +157,31 @@ class Generation:
         await self._publish_terminal(terminal)
         self.done.set()
         return terminal
+
+    def _log_failure(self, error: ErrorInfo, exc: ChatError | None) -> None:
+        """The operator's one line for a reply that ends in ``generation.failed``:
+        the user's words (``error``) and where it failed, after any retries.
+        Ids, names and the upstream's host only: never user content, keys or
+        headers (a provider's error carries nothing else)."""
+        upstream = exc if isinstance(exc, ProviderError) else None
+        log.warning(
+            "generation.failed reply=%s conversation=%s model=%s upstream_model=%s "
+            "provider=%s host=%s status=%s code=%s: %s",
+            self.id,
+            self.conversation_id,
+            getattr(self._provider, "name", None) or self.reply.model or "-",
+            (upstream.upstream_model if upstream else None) or "-",
+            getattr(self._provider, "provider", None) or "-",
+            (upstream.upstream_host if upstream else None) or "-",
+            (upstream.upstream_status if upstream else None) or "-",
+            error.code,
+            error.message,
+            extra={
+                "generation_id": self.id,
+                "conversation_id": self.conversation_id,
+                "code": error.code,
+            },
+        )
 
     async def _consume(self) -> None:
         interval = self._checkpoint_interval_s

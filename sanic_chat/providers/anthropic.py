@@ -70,9 +70,11 @@ class AnthropicStreamDecoder:
 
     vendor = "Anthropic"
 
-    __slots__ = ("done", "finish_reason", "input_tokens", "output_tokens")
+    __slots__ = ("done", "finish_reason", "input_tokens", "label", "output_tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
+        #: how messages name the upstream (a provider passes its model's name)
+        self.label = label or self.vendor
         self.done = False
         self.finish_reason: str | None = None
         self.input_tokens: int | None = None
@@ -81,9 +83,9 @@ class AnthropicStreamDecoder:
     def feed(self, event: str, data: str) -> Chunk | None:
         if event == "ping" or not data:
             return None
-        frame = loads_json(data, self.vendor)
+        frame = loads_json(data, self.label)
         if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.vendor} sent a malformed stream frame")
+            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
         # the payload's own type is authoritative; the SSE event name repeats it
         kind = frame.get("type") or event
         if kind == "content_block_delta":
@@ -114,7 +116,7 @@ class AnthropicStreamDecoder:
             error_type = str(error.get("type") or "error")
             message = str(error.get("message") or "")
             raise ProviderFailure(
-                f"{self.vendor} stream error: {redact(error_type)}"
+                f"{self.label} sent a stream error: {redact(error_type)}"
                 + (f": {redact(message)}" if message else ""),
                 retryable=error_type in _RETRYABLE_ERRORS,
             )
@@ -134,7 +136,7 @@ class AnthropicStreamDecoder:
 
     def end(self) -> None:
         if not self.done:
-            raise ProviderFailure(f"{self.vendor} ended the stream before it finished")
+            raise ProviderFailure(f"{self.label} ended the stream before it finished")
 
 
 class AnthropicProvider(HttpProvider):
@@ -172,7 +174,7 @@ class AnthropicProvider(HttpProvider):
         return headers
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
-        decoder = AnthropicStreamDecoder()
+        decoder = AnthropicStreamDecoder(self.label)
         async with aclosing(sse_events(response)) as events:
             async for event in events:
                 chunk = decoder.feed(event.event, event.data)

@@ -8,8 +8,14 @@ Invariants:
   failure ends the stream (a retry would repeat text the user already has).
 * The upstream response lives inside ``async with client.stream(...)`` in the
   generator, so ``aclose()`` or cancelling the consuming task closes it at once.
-* A message shown to users carries the status and the vendor's error type and
-  a trimmed, redacted vendor message: never headers, keys or raw bodies.
+* A message shown to users names the model as the models file does ("the
+  model 'local-llama'"), never a vendor the operator did not pick (an
+  OpenAI-compatible local server is not "OpenAI"), and carries the status and
+  the vendor's error type and a trimmed, redacted vendor message: never
+  headers, keys or raw bodies.
+* Every error leaving ``stream`` carries where it failed for the operator's
+  log (``upstream_host``, ``upstream_status``, ``upstream_model``): the host
+  and port of the base URL only, never its credentials, path or query.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
 import random
 import re
+import socket
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -44,6 +53,8 @@ from .spec import ModelSpec
 __all__ = [
     "HttpProvider",
     "RetryPolicy",
+    "base_url_host",
+    "connect_failure",
     "error_from_response",
     "error_from_transport",
     "loads_json",
@@ -126,34 +137,52 @@ def error_from_response(
     vendor: str,
     secrets: tuple[str, ...] = (),
 ) -> ProviderError:
-    """The one status -> error map."""
+    """The one status -> error map. ``vendor`` is how the message names the
+    upstream (a provider passes "the model 'NAME'")."""
     kind, message = _vendor_error(body)
     detail = ": ".join(redact(part, secrets) for part in (kind, message) if part)
     summary = f"{vendor} answered {status}" + (f" ({detail})" if detail else "")
+    error: ProviderError
     if status in (401, 403):
         # the vendor's words about a rejected key may quote it: keep only the type
-        return ProviderUnauthorized(
+        error = ProviderUnauthorized(
             f"{vendor} rejected the API key ({status}"
             + (f" {redact(kind, secrets)}" if kind else "")
             + ")"
         )
-    if status == 429:
-        return ProviderRateLimited(summary, retry_after=parse_retry_after(headers))
-    if status >= 500:
+    elif status == 429:
+        error = ProviderRateLimited(summary, retry_after=parse_retry_after(headers))
+    elif status >= 500:
         # 529 is Anthropic's "overloaded"
-        return ProviderFailure(summary, retryable=True)
-    return ProviderFailure(summary)
+        error = ProviderFailure(summary, retryable=True)
+    else:
+        error = ProviderFailure(summary)
+    error.upstream_status = status
+    return error
 
 
 def error_from_transport(
-    exc: httpx.TransportError, *, vendor: str, responded: bool
+    exc: httpx.TransportError,
+    *,
+    vendor: str,
+    responded: bool,
+    read_timeout_s: float | None = None,
+    connect_timeout_s: float | None = None,
 ) -> ProviderError:
     """Translate an httpx transport error. ``responded``: the status line arrived
     (after that, a broken connection is a cut stream, never retried)."""
     if isinstance(exc, httpx.ReadTimeout):
-        return ProviderTimeout(f"{vendor} sent nothing for too long")
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        return ProviderFailure(f"could not connect to {vendor}", retryable=True)
+        waited = f"{read_timeout_s:g} s" if read_timeout_s is not None else "too long"
+        return ProviderTimeout(f"{vendor} sent nothing for {waited}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        waited = f"within {connect_timeout_s:g} s" if connect_timeout_s is not None else "in time"
+        return ProviderFailure(
+            f"could not connect to {vendor} (no connection {waited})", retryable=True
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return ProviderFailure(
+            f"could not connect to {vendor} ({connect_failure(exc)})", retryable=True
+        )
     if isinstance(exc, httpx.PoolTimeout):
         return ProviderTimeout(f"no free connection to {vendor}")
     if isinstance(exc, httpx.TimeoutException):
@@ -162,6 +191,34 @@ def error_from_transport(
         # the request was not answered at all (e.g. a stale keep-alive connection)
         return ProviderFailure(f"{vendor} closed the connection before answering", retryable=True)
     return ProviderFailure(f"{vendor} closed the stream before it finished")
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in a few words, from the OS error
+    behind ``exc`` (httpx's and our pool's ConnectError keep it as their
+    context): refused, no such host, TLS, or the OS's own words."""
+    seen: BaseException | None = exc
+    causes: list[BaseException] = []
+    while seen is not None and len(causes) < 8:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host name not found"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {redact(cause.reason or str(cause))}"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+    text = " ".join(str(c) for c in causes)
+    # asyncio's "Multiple exceptions: ..." when every address of a name refused
+    if "refused" in text.lower() or "Connect call failed" in text:
+        return "connection refused"
+    return "unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +291,10 @@ class HttpProvider:
         self.spec = spec
         self.client = client
         self.url = spec.base_url.rstrip("/") + self.path
+        #: how messages shown to users name the upstream: the model they picked
+        self.label = f"the model {spec.name!r}"
+        #: what the operator's log says it is: host[:port] and nothing else
+        self.host = base_url_host(spec.base_url)
         self.retry = RetryPolicy.of(spec)
         # no overall deadline for a stream: only the gap between bytes is bounded
         self.timeout = httpx.Timeout(
@@ -261,35 +322,48 @@ class HttpProvider:
         return stream_with_retries(lambda: self._attempt(request), self.retry)
 
     async def _attempt(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
-        # built inside the generator so that even a refused request fails on
-        # iteration, like every other provider error
-        content = orjson.dumps(self.build_body(request))
-        headers = {"content-type": "application/json", **dict(self.spec.headers)}
-        headers.update(self.build_headers())
         responded = False
         response: httpx.Response | None = None
         try:
-            async with self.client.stream(
-                "POST", self.url, content=content, headers=headers, timeout=self.timeout
-            ) as response:
-                responded = True
-                if response.status_code >= 400:
-                    raise error_from_response(
-                        response.status_code,
-                        response.headers,
-                        await _read_limited(response),
-                        vendor=self.vendor,
-                        secrets=self._secrets,
-                    )
-                async with aclosing(self.decode(response)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-        except httpx_sse.SSEError:
-            raise ProviderFailure(f"{self.vendor} did not answer with an event stream") from None
-        except httpx.TransportError as exc:
-            raise error_from_transport(exc, vendor=self.vendor, responded=responded) from None
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            raise ProviderFailure(f"{self.vendor} stream broke ({type(exc).__name__})") from None
+            try:
+                # built inside the generator so that even a refused request fails
+                # on iteration, like every other provider error
+                content = orjson.dumps(self.build_body(request))
+                headers = {"content-type": "application/json", **dict(self.spec.headers)}
+                headers.update(self.build_headers())
+                async with self.client.stream(
+                    "POST", self.url, content=content, headers=headers, timeout=self.timeout
+                ) as response:
+                    responded = True
+                    if response.status_code >= 400:
+                        raise error_from_response(
+                            response.status_code,
+                            response.headers,
+                            await _read_limited(response),
+                            vendor=self.label,
+                            secrets=self._secrets,
+                        )
+                    async with aclosing(self.decode(response)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+            except httpx_sse.SSEError:
+                raise ProviderFailure(f"{self.label} did not answer with an event stream") from None
+            except httpx.TransportError as exc:
+                raise error_from_transport(
+                    exc,
+                    vendor=self.label,
+                    responded=responded,
+                    read_timeout_s=self.spec.stream_timeout_s,
+                    connect_timeout_s=self.spec.connect_timeout_s,
+                ) from None
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                raise ProviderFailure(f"{self.label} stream broke ({type(exc).__name__})") from None
+        except ProviderError as exc:
+            exc.upstream_host = self.host
+            exc.upstream_model = self.spec.model
+            if exc.upstream_status is None and response is not None:
+                exc.upstream_status = response.status_code
+            raise
         finally:
             if response is not None:
                 unbind_stream(response)
@@ -314,6 +388,19 @@ def unbind_stream(response: httpx.Response) -> None:
     the response is closed (its body can no longer be read), this frees them
     at once."""
     response.stream = _NO_BODY
+
+
+def base_url_host(base_url: str) -> str:
+    """``host[:port]`` of a base URL: what a log may say about where a model
+    lives (the URL's user, password, path and query may hold secrets)."""
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        return "?"
+    host = url.host
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{host}:{url.port}" if url.port is not None else host
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

@@ -30,20 +30,22 @@ class OllamaStreamDecoder:
 
     vendor = "Ollama"
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "label")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
+        #: how messages name the upstream (a provider passes its model's name)
+        self.label = label or self.vendor
         self.done = False
 
     def feed(self, line: str | bytes) -> Chunk | None:
         if not line.strip():
             return None
-        frame = loads_json(line, self.vendor)
+        frame = loads_json(line, self.label)
         if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.vendor} sent a malformed stream frame")
+            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
         error = frame.get("error")
         if error is not None:
-            raise ProviderFailure(f"{self.vendor} stream error: {redact(str(error))}")
+            raise ProviderFailure(f"{self.label} sent a stream error: {redact(str(error))}")
         message = frame.get("message") or {}
         text = message.get("content") or ""
         if frame.get("done"):
@@ -59,7 +61,7 @@ class OllamaStreamDecoder:
 
     def end(self) -> None:
         if not self.done:
-            raise ProviderFailure(f"{self.vendor} ended the stream before it finished")
+            raise ProviderFailure(f"{self.label} ended the stream before it finished")
 
 
 class OllamaProvider(HttpProvider):
@@ -94,7 +96,7 @@ class OllamaProvider(HttpProvider):
         return headers
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
-        decoder = OllamaStreamDecoder()
+        decoder = OllamaStreamDecoder(self.label)
         lines = response.aiter_lines()
         async for line in lines:
             chunk = decoder.feed(line)

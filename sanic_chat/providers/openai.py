@@ -39,9 +39,11 @@ class OpenAIStreamDecoder:
 
     vendor = "OpenAI"
 
-    __slots__ = ("done", "finish_reason", "usage")
+    __slots__ = ("done", "finish_reason", "label", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
+        #: how messages name the upstream (a provider passes its model's name)
+        self.label = label or self.vendor
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -52,12 +54,12 @@ class OpenAIStreamDecoder:
             return Chunk(usage=self.usage, finish_reason=self.finish_reason)
         if not data:
             return None
-        frame = loads_json(data, self.vendor)
+        frame = loads_json(data, self.label)
         if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.vendor} sent a malformed stream frame")
+            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
         error = frame.get("error")
         if error is not None:
-            raise _stream_error(error)
+            raise _stream_error(error, self.label)
         usage = frame.get("usage")
         if usage:
             self.usage = Usage(
@@ -84,10 +86,10 @@ class OpenAIStreamDecoder:
         if self.finish_reason is not None:
             self.done = True
             return Chunk(usage=self.usage, finish_reason=self.finish_reason)
-        raise ProviderFailure(f"{self.vendor} ended the stream before it finished")
+        raise ProviderFailure(f"{self.label} ended the stream before it finished")
 
 
-def _stream_error(error: Any) -> ProviderFailure:
+def _stream_error(error: Any, label: str) -> ProviderFailure:
     if isinstance(error, dict):
         kind = error.get("type") or error.get("code") or "error"
         message = error.get("message") or ""
@@ -95,7 +97,7 @@ def _stream_error(error: Any) -> ProviderFailure:
         kind, message = "error", str(error)
     retryable = kind in ("server_error", "overloaded_error", "api_error")
     return ProviderFailure(
-        f"OpenAI stream error: {redact(str(kind))}"
+        f"{label} sent a stream error: {redact(str(kind))}"
         + (f": {redact(str(message))}" if message else ""),
         retryable=retryable,
     )
@@ -130,7 +132,7 @@ class OpenAIProvider(HttpProvider):
         return headers
 
     async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
-        decoder = OpenAIStreamDecoder()
+        decoder = OpenAIStreamDecoder(self.label)
         async with aclosing(sse_events(response)) as events:
             async for event in events:
                 chunk = decoder.feed(event.data)

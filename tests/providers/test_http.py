@@ -298,7 +298,7 @@ async def test_a_huge_error_body_is_read_only_so_far() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(400, content=body))
     _, error = await _outcome(_catalog("openai", transport))
     assert isinstance(error, ProviderFailure)
-    assert error.message == "OpenAI answered 400"  # truncated body: not JSON, not echoed
+    assert error.message == "the model 'm' answered 400"  # truncated body: not JSON, not echoed
 
 
 async def test_an_empty_conversation_fails_on_iteration_not_on_call() -> None:
