@@ -31,6 +31,7 @@ from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
 from .runtime import tune_garbage_collector
 from .security import Security
+from .startup import prepare_sqlite, start_bus, unusable_sqlite
 from .transports.base import TransportContext
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,22 @@ _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static", "/docs", "/fav
 
 
 async def open_store_for(settings: Settings) -> MessageStore:
+    """The store, its schema up to date if ``auto_migrate``. Raises
+    :class:`~sanic_chat.startup.StartupError` (one line) when the SQLite file
+    cannot be used."""
     from .store import open_store
 
-    if settings.database_url.startswith("sqlite:"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sqlite_path = prepare_sqlite(settings) if settings.database_url.startswith("sqlite:") else None
     store = await open_store(settings.database_url)
     if settings.auto_migrate:
-        # the embedded default keeps its own schema up to date
-        await store.migrate()
+        try:
+            # the embedded default keeps its own schema up to date
+            await store.migrate()
+        except BaseException as exc:
+            await store.close()  # its connections' threads would keep the process alive
+            if sqlite_path is not None and isinstance(exc, Exception):
+                raise unusable_sqlite(sqlite_path, exc) from exc
+            raise
     return store
 
 
@@ -121,7 +130,13 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     async def open_everything(app: Sanic[Any, Any]) -> None:
         store = await open_store_for(settings)
         bus = open_bus_for(settings, node_id)
-        await bus.start()
+        try:
+            await start_bus(bus, settings.bus_url)
+        except BaseException:
+            # the store's connections run in threads of their own: left open, the
+            # process would stay alive after Sanic gave up, neither serving nor exiting
+            await store.close()
+            raise
         hooks = ServiceHooks(
             first_chunk=metrics.first_chunk_seconds.observe,
             generation_finished=lambda status, s: metrics.reply_seconds.labels(status).observe(s),

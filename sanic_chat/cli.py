@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, parse_log_level, unknown_variables
+from .startup import (
+    StartupError,
+    check_address,
+    check_bus,
+    prepare_sqlite,
+    redact_url,
+    unusable_postgres,
+    unusable_sqlite,
+)
 
 __all__ = ["main"]
 
@@ -41,8 +50,19 @@ def _served_app(name: str) -> Any:
     settings = Settings.from_env()
     app = create_app(settings, name=name)
     # after Sanic configured its loggers, so that JSON reaches theirs too
-    configure_logging(settings.log_format, node_id=app.ctx.node_id)
+    configure_logging(settings.log_format, level=settings.log_level, node_id=app.ctx.node_id)
+    logging.getLogger("sanic.error").addFilter(_startup_error_in_one_line)
     return app
+
+
+def _startup_error_in_one_line(record: logging.LogRecord) -> bool:
+    """Sanic logs what failed a worker's start-up with its traceback: a
+    :class:`StartupError` says all there is to say in its one line."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, StartupError):
+        record.msg, record.args = f"sanic-chat: {error}", ()
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -73,6 +93,11 @@ def _serve(args: argparse.Namespace) -> int:
             "(SANIC_CHAT_DATABASE_URL=postgresql://...) for real multi-worker deployments",
             file=sys.stderr,
         )
+    _warn_unknown_variables(settings)
+    problem = _check_environment(args, settings)
+    if problem is not None:
+        print(f"sanic-chat: {problem}", file=sys.stderr)
+        return 2
     metrics_dir: str | None = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus-client is first imported: every worker writes its metrics
@@ -109,17 +134,53 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> int:
         motd=False,
     )
     where = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
-    serving = f"serving on {where} (database: {_redact(settings.database_url)})"
+    serving = f"serving on {where} (database: {redact_url(settings.database_url)})"
     if settings.log_format == "json":
         log.info(serving)  # stdout and stderr carry JSON lines only
     else:
         print(f"sanic-chat: {serving}", flush=True)
-    if args.workers == 1:
-        Sanic.serve_single(primary=app)
-    else:
-        app.main_process_ready(_stop_workers_from_the_monitor_loop)
-        Sanic.serve(primary=app, app_loader=loader)
+    try:
+        if args.workers == 1:
+            Sanic.serve_single(primary=app)
+        else:
+            app.main_process_ready(_stop_workers_from_the_monitor_loop)
+            Sanic.serve(primary=app, app_loader=loader)
+    except StartupError:
+        # what changed since _check_environment; Sanic has logged it, in one line
+        return 2
     return 0
+
+
+def _check_environment(args: argparse.Namespace, settings: Settings) -> str | None:
+    """What stops ``serve`` from starting, found before it prints "serving on":
+    the address taken, the database URL malformed or its SQLite file unusable,
+    Redis unreachable. None when all is well."""
+    from .store.database import parse_url
+
+    try:
+        check_address(args.host, args.port)
+        if settings.database_url.startswith("sqlite"):
+            prepare_sqlite(settings)
+        else:
+            parse_url(settings.database_url)  # PostgreSQL: reported while serving if down
+        asyncio.run(check_bus(settings))
+    except StartupError as exc:
+        return str(exc)
+    except ValueError as exc:
+        return f"configuration error: SANIC_CHAT_DATABASE_URL: {exc}"
+    return None
+
+
+def _warn_unknown_variables(settings: Settings) -> None:
+    """One line per ``SANIC_CHAT_*`` name that nothing reads: a misspelled
+    setting would otherwise be ignored without a word."""
+    for name, closest in unknown_variables():
+        hint = f"; did you mean {closest}?" if closest else ""
+        warning = f"{name} is not a sanic-chat setting and is ignored{hint}"
+        if settings.log_format == "json":
+            log.warning(warning)  # stdout and stderr carry JSON lines only
+        else:
+            print(f"sanic-chat: warning: {warning}", file=sys.stderr)
 
 
 #: Sanic's monitor message that stops every worker (what ``app.m.terminate()`` sends)
@@ -170,16 +231,6 @@ def _stop_workers_from_the_monitor_loop(app: Any) -> None:
         signal.signal(signum, on_signal)
 
 
-def _redact(url: str) -> str:
-    """A database URL without its password, for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
 def _migrate(args: argparse.Namespace) -> int:
     from .store import open_store
 
@@ -188,26 +239,37 @@ def _migrate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
         return 2
+    _warn_unknown_variables(settings)
 
     async def run() -> None:
-        if settings.database_url.startswith("sqlite"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sqlite = settings.database_url.startswith("sqlite")
+        path = prepare_sqlite(settings) if sqlite else None
         store = await open_store(settings.database_url)
         try:
             await store.migrate()
+        except Exception as exc:
+            if path is not None:
+                raise unusable_sqlite(path, exc) from exc
+            raise unusable_postgres(settings.database_url, exc) from exc
         finally:
             await store.close()
 
-    asyncio.run(run())
-    print(f"sanic-chat: schema is up to date ({_redact(settings.database_url)})")
+    try:
+        asyncio.run(run())
+    except StartupError as exc:
+        print(f"sanic-chat: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a malformed URL
+        print(f"sanic-chat: configuration error: SANIC_CHAT_DATABASE_URL: {exc}", file=sys.stderr)
+        return 2
+    print(f"sanic-chat: schema is up to date ({redact_url(settings.database_url)})")
     return 0
 
 
 def _fake_llm(args: argparse.Namespace) -> int:
     from . import fake_llm
 
-    fake_llm.main_from_args(args)
-    return 0
+    return fake_llm.main_from_args(args)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -229,6 +291,29 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port to listen on, for argparse (its error: one line, exit status 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number from 1 to 65535 (--port or SANIC_CHAT_PORT)"
+        )
+    return port
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, at least 1")
+    return workers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sanic-chat", description="A real-time AI chat server (WebSocket + SSE)."
@@ -236,9 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--host", default=os.environ.get("SANIC_CHAT_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("SANIC_CHAT_PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--host", default=os.environ.get("SANIC_CHAT_HOST") or "127.0.0.1")
+    # a string default goes through ``type`` too: a wrong SANIC_CHAT_PORT is refused alike
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get("SANIC_CHAT_PORT") or "8000",
+        help="(or SANIC_CHAT_PORT)",
+    )
+    serve.add_argument("--workers", type=_workers, default=1, help="processes serving (at least 1)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--insecure-no-auth",
@@ -271,10 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .logging import configure_logging
 
+    try:
+        level = parse_log_level(os.environ.get("SANIC_CHAT_LOG_LEVEL"))
+    except ConfigError as exc:
+        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
+        return 2
     # our own logger only: Sanic configures its loggers itself, and a root
     # handler would print each of their lines twice
     log_format = os.environ.get("SANIC_CHAT_LOG_FORMAT", "").strip().lower()
-    configure_logging("json" if log_format == "json" else "text")
+    configure_logging("json" if log_format == "json" else "text", level=level)
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

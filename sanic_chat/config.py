@@ -6,13 +6,38 @@ the variable and says what to write instead.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ConfigError", "RateLimit", "Settings", "default_data_dir"]
+__all__ = [
+    "LOG_LEVELS",
+    "ConfigError",
+    "RateLimit",
+    "Settings",
+    "default_data_dir",
+    "default_database_url",
+    "known_variables",
+    "parse_log_level",
+    "unknown_variables",
+]
+
+#: the values of ``SANIC_CHAT_LOG_LEVEL`` (any case; WARN means WARNING)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: variables read outside :meth:`Settings.from_env`, with where; everything
+#: ``from_env`` reads is known without a list (see :func:`known_variables`)
+_READ_ELSEWHERE = (
+    "SANIC_CHAT_HOST",  # cli.py: serve's --host default
+    "SANIC_CHAT_PORT",  # cli.py: serve's --port default
+    "SANIC_CHAT_REQUIRE_SERVICES",  # tests/conftest.py: fail, not skip, without services
+    "SANIC_CHAT_BENCH_DATABASE_URL",  # benchmarks: the database of a benchmark run
+)
+#: test-only variables (tests/conftest.py: where the test services are)
+_TEST_PREFIX = "SANIC_CHAT_TEST_"
 
 
 class ConfigError(ValueError):
@@ -53,6 +78,25 @@ def _flag(raw: str | None, *, default: bool, name: str) -> bool:
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "sanic-chat"
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The embedded default: ``chat.db`` in the data directory (``data_dir`` is
+    absolute, so the URL has four slashes)."""
+    return f"sqlite:///{data_dir / 'chat.db'}"
+
+
+def parse_log_level(raw: str | None) -> str:
+    """``SANIC_CHAT_LOG_LEVEL`` as a level name (INFO when unset or empty)."""
+    if raw is None or not raw.strip():
+        return "INFO"
+    level = raw.strip().upper()
+    level = "WARNING" if level == "WARN" else level
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"SANIC_CHAT_LOG_LEVEL={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +151,7 @@ class Settings:
     ticket_ttl_s: float = 60.0
     system_prompt: str | None = None
     log_format: str = "text"
+    log_level: str = "INFO"
     log_content: bool = False
     node_id: str | None = None
     #: create/upgrade the schema at start-up (default: on for SQLite only;
@@ -170,8 +215,10 @@ class Settings:
                 )
             return (parts[0], parts[1], parts[2])
 
-        data_dir = Path(get("DATA_DIR") or default_data_dir()).expanduser()
-        database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'chat.db'}"
+        # absolute: a relative directory is taken from the working directory now,
+        # as a relative SQLite URL is (store/database.py:parse_url)
+        data_dir = Path(get("DATA_DIR") or default_data_dir()).expanduser().absolute()
+        database_url = get("DATABASE_URL") or default_database_url(data_dir)
         if not database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ConfigError(
                 f"SANIC_CHAT_DATABASE_URL={database_url!r} is not supported: use "
@@ -291,9 +338,50 @@ class Settings:
             ticket_ttl_s=number("TICKET_TTL_S", 60.0, minimum=1.0),
             system_prompt=get("SYSTEM_PROMPT"),
             log_format=log_format,
+            log_level=parse_log_level(get("LOG_LEVEL")),
             log_content=(get("LOG_CONTENT", "0") or "0") in ("1", "true", "yes"),
             node_id=get("NODE_ID"),
             auto_migrate=_flag(
                 get("AUTO_MIGRATE"), default=database_url.startswith("sqlite"), name="AUTO_MIGRATE"
             ),
         )
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``SANIC_CHAT_*`` name sanic-chat reads (``SANIC_CHAT_TEST_*`` aside).
+
+    Derived from :meth:`Settings.from_env` itself, run on an empty environment
+    that records each name asked for: ``from_env`` reads every variable whatever
+    the others say (keep it so), and an empty environment is a valid one.
+    """
+    asked: set[str] = set()
+
+    class _Recording(dict[str, str]):
+        def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+            asked.add(key)
+            return default
+
+    Settings.from_env(_Recording())
+    return frozenset(asked | set(_READ_ELSEWHERE))
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The ``SANIC_CHAT_*`` names in ``env`` that nothing reads (a misspelling is
+    otherwise silently ignored), each with the closest known name or None."""
+    env = os.environ if env is None else env
+    known = known_variables()
+    unknown = sorted(
+        name
+        for name in env
+        if name.startswith("SANIC_CHAT_")
+        and name not in known
+        and not name.startswith(_TEST_PREFIX)
+    )
+    # compared without the prefix they all share, which would make any two look alike
+    suffixes = {name.removeprefix("SANIC_CHAT_"): name for name in known}
+
+    def closest(name: str) -> str | None:
+        match = difflib.get_close_matches(name.removeprefix("SANIC_CHAT_"), suffixes, n=1)
+        return suffixes[match[0]] if match else None
+
+    return [(name, closest(name)) for name in unknown]

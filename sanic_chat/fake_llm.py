@@ -51,7 +51,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import re
+import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -64,6 +66,7 @@ from .fake_llm_directives import DirectiveError, FakeOptions, Fault
 from .fake_llm_formats import FORMATS, Reply, WireFormat
 from .fake_llm_http import HttpConnection, Request
 from .providers.demo import demo_reply_words
+from .startup import reason
 
 __all__ = [
     "DIRECTIVE_HEADER",
@@ -549,11 +552,15 @@ class FakeLLM:
         self.close()
 
 
-def run_fake_llm(host: str, port: int, **options: Any) -> None:
-    """Serve until interrupted (blocking). Options as :class:`FakeLLM`'s."""
+def run_fake_llm(host: str, port: int, **options: Any) -> int:
+    """Serve until interrupted (blocking). Options as :class:`FakeLLM`'s. Returns
+    the exit status: 2, after one line on stderr, when it cannot listen."""
 
     async def main() -> None:
-        server = await serve_fake_llm(host, port, **options)
+        try:
+            server = await serve_fake_llm(host, port, **options)
+        except OSError as exc:
+            raise _CannotListen(_listen_problem(host, port, exc)) from None
         print(f"fake-llm listening on {server.base_url}", flush=True)
         try:
             await asyncio.Event().wait()
@@ -566,27 +573,78 @@ def run_fake_llm(host: str, port: int, **options: Any) -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(main())
+    except _CannotListen as exc:
+        print(f"sanic-chat fake-llm: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _CannotListen(Exception):
+    pass
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is in use: stop what listens there, or choose another "
+            "port with --port (0: any free port)"
+        )
+    return f"cannot listen on {host}:{port}: {reason(exc)} (fix --host or --port)"
+
+
+# argparse types: a wrong value is refused before anything starts, in one line
+# ("argument --fault: ..."), with exit status 2
+
+
+def _listen_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
+def _fault(text: str) -> str:
+    try:
+        Fault.parse(text)
+    except DirectiveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _directives(text: str) -> str:
+    try:
+        FakeOptions().with_directives(text)
+    except DirectiveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--port", type=_listen_port, default=9001, help="0: any free port")
     parser.add_argument("--ttft-ms", type=float, default=200.0, help="pause before the first token")
     parser.add_argument("--tokens-per-second", type=float, default=50.0, help="0: unpaced")
     parser.add_argument("--reply-tokens", type=int, default=40, help="tokens per reply")
-    parser.add_argument("--fault", default=None, help="a fault for every request, e.g. status:503")
+    parser.add_argument(
+        "--fault", type=_fault, default=None, help="a fault for every request, e.g. status:503"
+    )
     parser.add_argument(
         "--directives",
+        type=_directives,
         default=None,
         help='default directives, e.g. "fault=status:429;retry_after=2;fail_first=1"',
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer / x-api-key)")
 
 
-def main_from_args(args: argparse.Namespace) -> None:
-    run_fake_llm(
+def main_from_args(args: argparse.Namespace) -> int:
+    return run_fake_llm(
         args.host,
         args.port,
         ttft_ms=args.ttft_ms,
@@ -601,4 +659,4 @@ def main_from_args(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="fake-llm", description=__doc__.splitlines()[0])
     add_arguments(_parser)
-    main_from_args(_parser.parse_args())
+    raise SystemExit(main_from_args(_parser.parse_args()))

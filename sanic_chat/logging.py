@@ -120,7 +120,7 @@ def configure_logging(
         handler._sanic_chat = True  # type: ignore[attr-defined]
         ours.addHandler(handler)
     handler.setFormatter(formatter)
-    ours.setLevel(level or os.environ.get("SANIC_CHAT_LOG_LEVEL", "INFO").upper())
+    ours.setLevel(level or _level_from_env())
     ours.propagate = False
     if log_format != "json":
         return
@@ -139,6 +139,18 @@ def configure_logging(
         root.addHandler(fallback)
     fallback.setFormatter(formatter)
     logging.captureWarnings(True)
+
+
+def _level_from_env() -> str:
+    """``SANIC_CHAT_LOG_LEVEL``, or INFO if it is not a level: the command line
+    refuses a wrong one before it gets here (``cli.main``), and a library caller
+    gets logs rather than a crash."""
+    from .config import ConfigError, parse_log_level
+
+    try:
+        return parse_log_level(os.environ.get("SANIC_CHAT_LOG_LEVEL"))
+    except ConfigError:
+        return "INFO"
 
 
 def _foreign_only(record: logging.LogRecord) -> bool:

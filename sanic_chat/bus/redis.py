@@ -435,6 +435,14 @@ class RedisBus:
                     _pack(b"SCRIPT", b"LOAD", _PUBLISH_SCRIPT), check_health=False
                 )
                 await conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError):
+            await conn.disconnect(nowait=True)
+            raise
+        except RedisError as exc:
+            # a refusal while connecting (no such db, a server that is not Redis)
+            # is a failed connect, retried and reported like one -- not a writer bug
+            await conn.disconnect(nowait=True)
+            raise RedisConnectionError(str(exc)) from exc
         except BaseException:
             await conn.disconnect(nowait=True)
             raise

@@ -2,7 +2,8 @@
 
 Two backends, one set of models and queries (``models.py``):
 
-* ``sqlite:///abs/path/chat.db`` (or ``sqlite:///:memory:``): peewee-async's
+* ``sqlite:////abs/path/chat.db``, ``sqlite:///relative/chat.db`` (from the
+  working directory; SQLAlchemy's convention) or ``sqlite:///:memory:``: peewee-async's
   ``SqliteDatabase`` over aiosqlite, but with :class:`SqlitePool` instead of
   the stock pool, which opens (and closes) a fresh connection -- a thread and
   the pragmas -- for every query. Ours keeps a few configured connections and
@@ -24,6 +25,7 @@ Other PostgreSQL parameters (``sslmode``, ``application_name``) pass through to 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import time
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 ACCEPTED_URLS = (
-    "sqlite:///absolute/path/chat.db, sqlite:///:memory:, or "
+    "sqlite:////absolute/path/chat.db, sqlite:///relative/path/chat.db, sqlite:///:memory:, or "
     "postgresql://user:password@host:port/database (postgres:// also accepted); "
     "optional query parameters: schema=NAME (PostgreSQL), pool_size=N, timeout=SECONDS"
 )
@@ -147,12 +149,15 @@ def parse_url(url: str, *, schema: str | None = None) -> DatabaseUrl:
 
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
-        if parts.netloc or not parts.path or parts.path == "/":
-            raise _bad(url, "an SQLite URL has three slashes and then a path")
+        if parts.netloc or not parts.path or parts.path.endswith("/"):
+            raise _bad(url, "an SQLite URL has three slashes and then a file's path")
         if query or schema:
             raise _bad(url, "SQLite takes only pool_size and timeout")
-        path = unquote(parts.path)
-        database = ":memory:" if path == "/:memory:" else path
+        # after the third slash comes the file name, as in SQLAlchemy: an absolute
+        # path makes four slashes, a relative one is taken from the working
+        # directory, now (a worker started later finds the same file)
+        path = unquote(parts.path)[1:]
+        database = path if path == ":memory:" else os.path.abspath(path)
         return DatabaseUrl("sqlite", database, pool_size=pool_size, timeout=timeout)
 
     if scheme in ("postgresql", "postgres"):
