@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, json
@@ -31,8 +31,18 @@ from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
 from .runtime import tune_garbage_collector
 from .security import Security
-from .startup import prepare_sqlite, start_bus, unusable_sqlite
+from .startup import (
+    StartupError,
+    prepare_sqlite,
+    redact_url,
+    start_bus,
+    unusable_postgres,
+    unusable_sqlite,
+)
 from .transports.base import TransportContext
+
+if TYPE_CHECKING:
+    from .store.sql import SqlMessageStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,13 @@ async def open_store_for(settings: Settings) -> MessageStore:
 
     sqlite_path = prepare_sqlite(settings) if settings.database_url.startswith("sqlite:") else None
     store = await open_store(settings.database_url)
+    if sqlite_path is None:
+        try:
+            await _prepare_postgres(store, settings)
+        except BaseException:
+            await store.close()
+            raise
+        return store
     if settings.auto_migrate:
         try:
             # the embedded default keeps its own schema up to date
@@ -62,6 +79,30 @@ async def open_store_for(settings: Settings) -> MessageStore:
                 raise unusable_sqlite(sqlite_path, exc) from exc
             raise
     return store
+
+
+async def _prepare_postgres(store: SqlMessageStore, settings: Settings) -> None:
+    """Migrate the PostgreSQL schema (``auto_migrate``: safe with every worker of
+    every node starting at once, see ``SqlMessageStore.migrate``) or check that it
+    is there. Raises :class:`~sanic_chat.startup.StartupError` (one line) when the
+    database cannot be reached or used, or has no schema and may not make it: a
+    node does not start on a database it cannot use (once started, it rides out
+    an outage: ``/readyz`` says 503 with the cause until the database is back)."""
+    try:
+        if settings.auto_migrate:
+            await store.migrate()
+            return
+        missing = await store.missing_schema()
+    except Exception as exc:
+        raise unusable_postgres(settings.database_url, exc) from exc
+    if missing:
+        tables = {"conversation", "message"}
+        what = "no sanic-chat tables" if tables <= set(missing) else f"no {', '.join(missing)}"
+        raise StartupError(
+            f"the database at {redact_url(settings.database_url)} has {what}: "
+            "run `sanic-chat migrate` "
+            "(or let the server do it: SANIC_CHAT_AUTO_MIGRATE=1, the default)"
+        )
 
 
 def open_bus_for(settings: Settings, node_id: str | None = None) -> Bus:

@@ -154,8 +154,9 @@ class Settings:
     log_level: str = "INFO"
     log_content: bool = False
     node_id: str | None = None
-    #: create/upgrade the schema at start-up (default: on for SQLite only;
-    #: PostgreSQL deployments run ``sanic-chat migrate`` once per release)
+    #: create/upgrade the schema at start-up, on either database (PostgreSQL:
+    #: under an advisory lock, so workers and nodes may start together); off,
+    #: a missing schema stops the start with a line naming ``sanic-chat migrate``
     auto_migrate: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -341,9 +342,7 @@ class Settings:
             log_level=parse_log_level(get("LOG_LEVEL")),
             log_content=(get("LOG_CONTENT", "0") or "0") in ("1", "true", "yes"),
             node_id=get("NODE_ID"),
-            auto_migrate=_flag(
-                get("AUTO_MIGRATE"), default=database_url.startswith("sqlite"), name="AUTO_MIGRATE"
-            ),
+            auto_migrate=_flag(get("AUTO_MIGRATE"), default=True, name="AUTO_MIGRATE"),
         )
 
 

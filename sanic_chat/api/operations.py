@@ -11,6 +11,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 
+from ..core.service import failure_cause
 from ..transports.base import TransportContext
 from .schemas import Health, ModelList, Readiness, json_response
 
@@ -102,7 +103,9 @@ async def _probe(ping: Callable[[], Awaitable[None]]) -> str:
     try:
         await asyncio.wait_for(ping(), _PROBE_TIMEOUT_S)
     except Exception as exc:
-        return f"unreachable: {type(exc).__name__}"
+        # the cause an operator can act on ("connection refused (10.0.0.5:5432)"), never
+        # a password; TimeoutError: no answer within the probe's time
+        return f"unreachable: {failure_cause(exc)}"
     return "ok"
 
 

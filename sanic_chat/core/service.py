@@ -35,7 +35,7 @@ from .settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChatService", "ServiceHooks"]
+__all__ = ["ChatService", "ServiceHooks", "failure_cause"]
 
 #: added to "now" so that every lease counts as lapsed (start-up of a sole process)
 _EVERY_LEASE_LAPSED = timedelta(days=36_500)
@@ -133,9 +133,15 @@ class ChatService:
         every lease may have lapsed although its node is alive: orphans are swept
         again only once the store has answered for a whole lease period -- time
         for every live node to renew its own.
+
+        This loop is also the process's watch on its database: an outage is
+        logged once with its cause (again only if the cause changes), and its
+        end once, never a line per attempt.
         """
         lease = self.settings.lease_s
         sweep_after = 0.0  # monotonic time
+        failing: str | None = None  # the cause logged for the outage going on
+        failing_since = 0.0
         while True:
             await asyncio.sleep(lease / 3)
             try:
@@ -146,15 +152,36 @@ class ChatService:
                 else:
                     await self.store.ping()
             except Exception as exc:
-                log.warning("lease upkeep failed: %s", exc)
+                cause = failure_cause(exc)
+                if cause != failing:
+                    if failing is None:
+                        failing_since = time.monotonic()
+                    failing = cause
+                    log.warning(
+                        "database unreachable: %s (running replies cannot renew their leases; "
+                        "checking again every %g s)",
+                        cause,
+                        lease / 3,
+                        # a failure that is not an outage is a bug: its traceback, once
+                        exc_info=not isinstance(exc, Unavailable),
+                    )
                 sweep_after = time.monotonic() + lease
                 continue
+            if failing is not None:
+                log.warning(
+                    "database reachable again after %.0f s", time.monotonic() - failing_since
+                )
+                failing = None
             if time.monotonic() < sweep_after:
                 continue
             try:
                 await self.recover_orphans()
             except Exception as exc:
-                log.warning("orphan sweep failed: %s", exc)
+                log.warning(
+                    "orphan sweep failed: %s",
+                    failure_cause(exc),
+                    exc_info=not isinstance(exc, Unavailable),
+                )
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking messages, let running replies finish for up to
@@ -507,6 +534,22 @@ class ChatService:
         if len(message.content) > offset:
             outbox.push_replay(GenerationDelta(message.id, offset, message.content[offset:]))
         outbox.push(terminal_event_for(message))
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line saying why a call failed, for operators (logs, ``/readyz``).
+
+    An :class:`Unavailable`'s message is for clients ("retry with the same
+    client_id"); the adapter that raised it chains the real cause -- the store
+    a one-line description naming the server, the bus the driver's error --
+    and that is what this names. The first line only (drivers add hints)."""
+    cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    if not text:
+        return "timed out" if isinstance(cause, TimeoutError) else type(cause).__name__
+    if cause is exc and isinstance(exc, Unavailable) and text == exc.default_message():
+        return type(exc).__name__  # no cause given: the client's text says nothing more
+    return text
 
 
 #: at shutdown, how long the ends of the drained replies may take to come back through the bus

@@ -25,6 +25,7 @@ Other PostgreSQL parameters (``sslmode``, ``application_name``) pass through to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sqlite3
@@ -51,9 +52,12 @@ __all__ = [
     "DatabaseUrl",
     "PostgresPool",
     "SqlitePool",
+    "Unreachable",
     "connect_database",
+    "describe_failure",
     "parse_url",
     "unavailable_on_failure",
+    "unreachable",
 ]
 
 ACCEPTED_URLS = (
@@ -79,15 +83,49 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
+class Unreachable(Exception):
+    """Why the database cannot be used right now, in one line for operators: the
+    driver's own words and where (``host:port``), never a password.
+
+    It is the ``__cause__`` of every :class:`Unavailable` the store raises for a
+    driver failure (the driver's exception is its own cause), so the core's logs
+    and ``/readyz`` can name the real cause without knowing any driver --
+    ``Unavailable.message`` is for clients ("retry with the same client_id")."""
+
+
+def describe_failure(exc: BaseException, where: str | None = None) -> str:
+    """One line naming ``exc`` for an operator: the first line of the driver's
+    text (libpq adds hints on further lines, and "FATAL:" in front), then ``where``."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        text = "timed out"
+    else:
+        lines = (line.strip() for line in str(exc).splitlines())
+        text = next((line for line in lines if line), "") or type(exc).__name__
+        # the server is named once, by ``where`` (libpq may name it first, by address)
+        text = re.sub(r"^connection to server (at|on socket) .*? failed:\s*", "", text)
+        text = re.sub(r"^(FATAL|ERROR|PANIC):\s+", "", text)
+        if text[:1].isupper() and text[1:2].islower():
+            text = text[0].lower() + text[1:]  # "Connection refused" reads as part of a line
+    return f"{text} ({where})" if where else text
+
+
+def unreachable(exc: BaseException, where: str | None = None) -> Unreachable:
+    """An :class:`Unreachable` describing ``exc``, chained to it."""
+    described = Unreachable(describe_failure(exc, where))
+    described.__cause__ = exc
+    return described
+
+
 @contextmanager
-def unavailable_on_failure() -> Iterator[None]:
-    """Translate driver connectivity failures into :class:`Unavailable`."""
+def unavailable_on_failure(where: str | None = None) -> Iterator[None]:
+    """Translate driver connectivity failures into :class:`Unavailable`, caused by
+    an :class:`Unreachable` that says why (``where``: the server, for the text)."""
     try:
         yield
     except ChatError:
         raise
     except _UNREACHABLE as exc:
-        raise Unavailable() from exc
+        raise Unavailable() from unreachable(exc, where)
 
 
 # --------------------------------------------------------------------------- URLs
@@ -111,6 +149,11 @@ class DatabaseUrl:
     @property
     def in_memory(self) -> bool:
         return self.backend == "sqlite" and self.database == ":memory:"
+
+    @property
+    def where(self) -> str | None:
+        """The server, as failures name it (PostgreSQL: ``host:port``)."""
+        return f"{self.host}:{self.port}" if self.backend == "postgresql" else None
 
     @property
     def connections(self) -> int:
@@ -424,7 +467,41 @@ class _Cursor(aiopg.Cursor):
 
 class _Connection(aiopg.Connection):
     """aiopg's connection, handing out :class:`_Cursor` (same arguments and
-    behaviour as ``aiopg.Connection._cursor``)."""
+    behaviour as ``aiopg.Connection._cursor``), and failing to connect cleanly.
+
+    A connect that fails (refused, no such database) fails inside libpq's poll,
+    which closes the socket first. aiopg then forgets the descriptor but leaves
+    the event loop watching it for writing; on uvloop that watcher, on a closed
+    descriptor, ends up closed but still registered, so the next connection
+    given the same descriptor number fails at once in ``__init__`` with
+    "the handler is closed" -- leaving a half-made connection whose waiting
+    future nobody reads ("Future exception was never retrieved", "Unclosed
+    connection"). Both are cleaned up here: every retry then fails with the
+    real cause, and succeeds once the server is back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            raw = getattr(self, "_conn", None)
+            if raw is not None:
+                raw.close()  # so __del__ finds nothing to warn about
+            waiter = getattr(self, "_waiter", None)
+            if waiter is not None and not waiter.done():
+                waiter.cancel()  # nobody will await it; a cancelled future is not reported
+            raise
+
+    @staticmethod
+    def _ready(weak_self: Any) -> None:
+        self = weak_self()
+        if self is None:
+            return
+        fileno, writing = self._fileno, self._writing
+        aiopg.Connection._ready(weak_self)
+        if fileno is not None and writing and self._fileno is None:
+            # the poll failed with the descriptor gone: aiopg dropped its reader only
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                self._loop.remove_writer(fileno)
 
     async def _cursor(
         self,

@@ -48,9 +48,9 @@ from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Role, Status, Usage, title_from, utcnow
 from .checkpoints import CheckpointQueue, TakeBatch
-from .database import connect_database, parse_url, unavailable_on_failure
+from .database import connect_database, parse_url, unavailable_on_failure, unreachable
 from .memory import REPLY_AFTER
-from .models import ConversationRow, MessageRow, schema_statements
+from .models import MODELS, ConversationRow, MessageRow, schema_statements
 from .statements import Param, Statement, compile_query, compile_text
 
 __all__ = ["SqlMessageStore", "open_store"]
@@ -59,6 +59,11 @@ __all__ = ["SqlMessageStore", "open_store"]
 _HISTORY_PAGE = 200
 #: any constant works; it only has to be the same in every process
 _MIGRATE_LOCK_KEY = 0x5A_C4A7
+#: every table, then every index, that migrate() creates
+_RELATIONS = tuple(
+    [model._meta.table_name for model in MODELS]
+    + [index._name for model in MODELS for index in model._meta.fields_to_index()]
+)
 
 
 async def _rowcount(database: AioDatabase, cursor: Any) -> int:
@@ -492,7 +497,7 @@ class _Statements:
 
 
 @contextlib.contextmanager
-def _stale_poll_is_unavailable() -> Iterator[None]:
+def _stale_poll_is_unavailable(where: str | None) -> Iterator[None]:
     """Pool recovery after an outage, on uvloop (Sanic's event loop): a connection
     that died unclosed leaves uvloop watching its descriptor number, and aiopg's
     next connect that gets the same number fails with ``RuntimeError(... the
@@ -503,7 +508,7 @@ def _stale_poll_is_unavailable() -> Iterator[None]:
     except RuntimeError as exc:
         if "handler is closed" not in str(exc):
             raise
-        raise Unavailable() from exc
+        raise Unavailable() from unreachable(ConnectionError("connection lost"), where)
 
 
 @dataclass(slots=True)
@@ -534,8 +539,11 @@ class SqlMessageStore:
         backend: str,
         connections: int,
         schema: str | None = None,
+        where: str | None = None,
     ) -> None:
         self._db = database
+        #: the server, as failures name it (``host:port``; see database.Unreachable)
+        self._where = where
         self.backend = backend
         #: the PostgreSQL schema holding the tables (None: the default search_path)
         self.schema = schema
@@ -561,7 +569,7 @@ class SqlMessageStore:
         if self._closed:
             raise Unavailable("the store is closed")
         session = _Session()
-        with unavailable_on_failure(), _stale_poll_is_unavailable():
+        with unavailable_on_failure(self._where), _stale_poll_is_unavailable(self._where):
             try:
                 if write and self._sqlite:
                     await self._write_lock.acquire()
@@ -597,21 +605,52 @@ class SqlMessageStore:
     async def migrate(self) -> None:
         """Create the schema (PostgreSQL), tables and indices that are missing.
 
-        Safe to run again and from several processes at once: everything is
-        ``IF NOT EXISTS``, in one transaction, serialized by an advisory lock on
-        PostgreSQL (concurrent ``CREATE ... IF NOT EXISTS`` can still collide
-        there) and by ``BEGIN IMMEDIATE`` on SQLite.
+        Safe to run again and from several processes at once (every worker of
+        every node starting together): everything is ``IF NOT EXISTS``, in one
+        transaction, serialized by an advisory lock on PostgreSQL (concurrent
+        ``CREATE ... IF NOT EXISTS`` can still collide there) and by ``BEGIN
+        IMMEDIATE`` on SQLite. On PostgreSQL an up-to-date schema is left
+        untouched, without the lock: ``CREATE INDEX IF NOT EXISTS`` locks its
+        table against writes before it finds the index there, which a node
+        starting next to busy ones must not do.
         """
-        async with self._session(write=True), self._transaction():
-            if not self._sqlite:
-                await self._db.aio_execute_sql(
-                    "SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,), _fetchone
-                )
-                if self.schema is not None:
-                    # the name is a checked identifier (database.parse_url)
-                    await self._db.aio_execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            for sql, params in schema_statements(self._db):
-                await self._db.aio_execute_sql(sql, params)
+        async with self._session(write=True):
+            if not self._sqlite and not await self._missing_relations():
+                return
+            async with self._transaction():
+                if not self._sqlite:
+                    await self._db.aio_execute_sql(
+                        "SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,), _fetchone
+                    )
+                    if self.schema is not None:
+                        # the name is a checked identifier (database.parse_url)
+                        await self._db.aio_execute_sql(
+                            f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'
+                        )
+                for sql, params in schema_statements(self._db):
+                    await self._db.aio_execute_sql(sql, params)
+
+    async def missing_schema(self) -> list[str]:
+        """The tables and indices :meth:`migrate` would create; empty when the
+        schema is up to date. Raises :class:`Unavailable` like any query."""
+        async with self._session(write=False):
+            return await self._missing_relations()
+
+    async def _missing_relations(self) -> list[str]:
+        if self._sqlite:
+            rows = await self._db.aio_execute_sql(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')", (), _fetchall
+            )
+            present = {row[0] for row in rows}
+            return [name for name in _RELATIONS if name not in present]
+        # to_regclass finds a bare name on the search_path (the URL's schema)
+        rows = await self._db.aio_execute_sql(
+            "SELECT name FROM unnest(%s::text[]) AS name"
+            " WHERE to_regclass(quote_ident(name)) IS NULL",
+            (list(_RELATIONS),),
+            _fetchall,
+        )
+        return [row[0] for row in rows]
 
     async def ping(self) -> None:
         async with self._session(write=False):
@@ -625,7 +664,7 @@ class SqlMessageStore:
         if self._closed:  # a concurrent close() got here first
             return
         self._closed = True
-        with unavailable_on_failure():
+        with unavailable_on_failure(self._where):
             await self._db.aio_close()
 
     # ------------------------------------------------------------------ conversations
@@ -1058,6 +1097,7 @@ async def open_store(url: str, *, schema: str | None = None) -> SqlMessageStore:
         backend=parsed.backend,
         connections=parsed.connections,
         schema=parsed.schema,
+        where=parsed.where,
     )
 
 
