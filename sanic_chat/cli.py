@@ -162,7 +162,7 @@ def _check_environment(args: argparse.Namespace, settings: Settings) -> str | No
         if settings.database_url.startswith("sqlite"):
             prepare_sqlite(settings)
         else:
-            parse_url(settings.database_url)  # PostgreSQL: reported while serving if down
+            parse_url(settings.database_url)  # PostgreSQL: each worker checks it as it starts
         asyncio.run(check_bus(settings))
     except StartupError as exc:
         return str(exc)

@@ -8,8 +8,10 @@ status 2: no traceback, no process left hanging. The app's start-up in each
 worker raises the same :class:`StartupError` for whatever changed in between,
 after closing what it had opened (a pool's thread would keep the process alive).
 
-PostgreSQL is not checked here: a server on PostgreSQL starts while the database
-is down and reports it (``/readyz``) until it comes back.
+PostgreSQL is not checked here but by each worker as it starts (``app.py``: it
+migrates the schema, or checks it is there): one it cannot use stops the start with
+:func:`unusable_postgres`. Once serving, a node rides out a PostgreSQL outage
+(``/readyz`` answers 503 with the cause until the database is back).
 """
 
 from __future__ import annotations
