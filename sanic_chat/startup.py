@@ -152,8 +152,7 @@ def unusable_postgres(url: str, exc: BaseException) -> StartupError:
     """The error for a PostgreSQL database that cannot be reached or used (at
     start-up, or by ``sanic-chat migrate``): the driver's words and the server
     (``Unavailable``'s chained cause: store/database.py ``Unreachable``)."""
-    from .core.errors import Unavailable
-    from .core.service import failure_cause
+    from .core.errors import Unavailable, failure_cause
 
     if isinstance(exc, Unavailable):
         fix = "start PostgreSQL, or fix SANIC_CHAT_DATABASE_URL"

@@ -11,7 +11,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 
-from ..core.service import failure_cause
+from ..core.errors import failure_cause
 from ..transports.base import TransportContext
 from .schemas import Health, ModelList, Readiness, json_response
 

@@ -48,6 +48,7 @@ __all__ = [
     "Unavailable",
     "UnknownType",
     "ValidationFailed",
+    "failure_cause",
 ]
 
 
@@ -191,3 +192,19 @@ class Unavailable(ChatError):
 class InternalError(ChatError):
     code = "internal"
     http_status = 500
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line saying why a call failed, for operators (logs, ``/readyz``).
+
+    An :class:`Unavailable`'s message is for clients ("retry with the same
+    client_id"); the adapter that raised it chains the real cause -- the store
+    a one-line description naming the server, the bus the driver's error --
+    and that is what this names. The first line only (drivers add hints)."""
+    cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    if not text:
+        return "timed out" if isinstance(cause, TimeoutError) else type(cause).__name__
+    if cause is exc and isinstance(exc, Unavailable) and text == exc.default_message():
+        return type(exc).__name__  # no cause given: the client's text says nothing more
+    return text

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .errors import ChatError, ProviderError, Unavailable
+from .errors import ChatError, ProviderError, Unavailable, failure_cause
 from .events import (
     GenerationCancelled,
     GenerationCompleted,
@@ -237,7 +237,7 @@ class Generation:
             await self._store.checkpoint(self.id, text)
             self._checkpointed_length = length
         except Exception as exc:  # the next interval tries again
-            log.warning("checkpoint of %s failed: %s", self.id, exc)
+            log.warning("checkpoint of %s failed: %s", self.id, failure_cause(exc))
 
     async def _finish(self, status: Status, error: ErrorInfo | None) -> TerminalEvent:
         text = self.text

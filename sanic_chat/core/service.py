@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .errors import NotFound, RateLimited, Unavailable, ValidationFailed
+from .errors import NotFound, RateLimited, Unavailable, ValidationFailed, failure_cause
 from .events import (
     GENERATION_TYPES,
     TERMINAL_TYPES,
@@ -35,7 +35,7 @@ from .settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChatService", "ServiceHooks", "failure_cause"]
+__all__ = ["ChatService", "ServiceHooks"]
 
 #: added to "now" so that every lease counts as lapsed (start-up of a sole process)
 _EVERY_LEASE_LAPSED = timedelta(days=36_500)
@@ -534,22 +534,6 @@ class ChatService:
         if len(message.content) > offset:
             outbox.push_replay(GenerationDelta(message.id, offset, message.content[offset:]))
         outbox.push(terminal_event_for(message))
-
-
-def failure_cause(exc: BaseException) -> str:
-    """One line saying why a call failed, for operators (logs, ``/readyz``).
-
-    An :class:`Unavailable`'s message is for clients ("retry with the same
-    client_id"); the adapter that raised it chains the real cause -- the store
-    a one-line description naming the server, the bus the driver's error --
-    and that is what this names. The first line only (drivers add hints)."""
-    cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
-    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
-    if not text:
-        return "timed out" if isinstance(cause, TimeoutError) else type(cause).__name__
-    if cause is exc and isinstance(exc, Unavailable) and text == exc.default_message():
-        return type(exc).__name__  # no cause given: the client's text says nothing more
-    return text
 
 
 #: at shutdown, how long the ends of the drained replies may take to come back through the bus
