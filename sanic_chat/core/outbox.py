@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from .events import (
     GENERATION_TYPES,
@@ -48,7 +49,7 @@ from .events import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outbox", "SlowConsumer"]
+__all__ = ["HeldListener", "Outbox", "SlowConsumer"]
 
 #: WebSocket close code for a consumer that fell too far behind. 4000-4999 is
 #: the application range; clients reconnect and resume by offset.
@@ -66,6 +67,49 @@ _REMEMBERED_STARTS = 4 * REMEMBERED_REPLIES
 
 class SlowConsumer(Exception):
     """The consumer fell further behind than the outbox may hold."""
+
+
+class HeldListener:
+    """A bus listener (:meth:`hear`) that holds what it hears until
+    :meth:`release`, then passes every event on to ``sink`` (an outbox's
+    ``push``) as it comes.
+
+    Every resume takes this one path -- ``generation.resume``, a
+    ``conversation.subscribe`` with a reply and an offset, either SSE stream:
+    it registers a held listener BEFORE it reads what it replays (the live
+    tail or the stored reply, and a conversation's later messages), queues the
+    replay, then releases the listener. Nothing published meanwhile is lost,
+    the live events follow the replay in publish order, and the outbox drops
+    whatever of them the replay already holds (text by offset, the rest by
+    id). A listener that queued live events at once would let the
+    connection's writer send them before the replay's ``generation.started``,
+    and the same text again inside the replay.
+    """
+
+    __slots__ = ("_held", "_sink")
+
+    def __init__(self, sink: Callable[[ServerEvent], None]) -> None:
+        self._sink = sink
+        self._held: list[ServerEvent] | None = []
+
+    def hear(self, event: ServerEvent) -> None:
+        """The listener to register (a bound method: cheaper to call than an
+        instance's ``__call__``, and this runs for every live delta)."""
+        held = self._held
+        if held is None:
+            self._sink(event)
+        else:
+            held.append(event)
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def release(self) -> None:
+        """Pass on what was held, in order; from now on every event at once."""
+        held, self._held = self._held, None
+        for event in held or ():
+            self._sink(event)
 
 
 class Outbox:

@@ -28,7 +28,7 @@ from .events import (
     ServerEvent,
 )
 from .generation import Generation, terminal_event_for
-from .outbox import Outbox
+from .outbox import HeldListener, Outbox
 from .ports import Bus, CompletionRequest, MessageStore, Models, Posted, Provider, Turn
 from .records import Message, utcnow
 from .settings import CoreSettings
@@ -407,8 +407,10 @@ class ChatService:
         connection up on its own) nothing already delivered is sent twice.
 
         The live subscription is opened BEFORE the snapshot is read and its
-        events are held back until the snapshot is queued, so nothing published
-        in between is lost; the outbox drops whatever overlaps by offset.
+        events are held back until the snapshot is queued (a
+        :class:`HeldListener`, the one path of every resume), so nothing
+        published in between is lost; the outbox drops whatever overlaps by
+        offset.
         """
         message = await self.store.get_message(owner, generation_id)
         if (
@@ -421,7 +423,7 @@ class ChatService:
             self._replay_final(message, offset, outbox, restart)
             return None
 
-        held: list[GenerationEvent] | None = []
+        live = HeldListener(outbox.push)
         finished = False
         unsubscribe: Callable[[], Awaitable[None]] | None = None
 
@@ -429,15 +431,12 @@ class ChatService:
             nonlocal finished
             if not isinstance(event, GENERATION_TYPES) or event.generation_id != generation_id:
                 return
+            live.hear(event)
             if isinstance(event, TERMINAL_TYPES):
                 finished = True
-            if held is not None:
-                held.append(event)
-                return
-            outbox.push(event)
-            if finished and unsubscribe is not None:
-                # the live part ends with the terminal event
-                self.spawn(unsubscribe())
+                if not live.holding and unsubscribe is not None:
+                    # the live part ends with the terminal event
+                    self.spawn(unsubscribe())
 
         unsubscribe = await self.bus.subscribe(message.conversation_id, listener)
         try:
@@ -449,7 +448,7 @@ class ChatService:
                 # (orphan recovery will end it)
                 message = await self.store.get_message(owner, generation_id) or message
                 if message.is_final:
-                    held = None
+                    # what was held is of a finished reply: never released
                     await unsubscribe()
                     self._replay_final(message, offset, outbox, restart)
                     return None
@@ -467,9 +466,7 @@ class ChatService:
             if terminal is not None:
                 outbox.push(terminal)
                 finished = True
-            for event in held or ():
-                outbox.push(event)
-            held = None
+            live.release()
         except BaseException:
             await unsubscribe()
             raise
@@ -491,8 +488,10 @@ class ChatService:
         after that generation (``message.accepted``, and each later reply from
         its start). Returns the unsubscribes of the replies still running.
 
-        Call it with the conversation subscription already open: whatever is
-        published meanwhile is queued too and deduplicated by the outbox.
+        Call it with the conversation subscription already open and held (a
+        :class:`HeldListener`, released once this returns): whatever is
+        published meanwhile then follows the catch-up, deduplicated by the
+        outbox.
         """
         unsubscribes: list[Callable[[], Awaitable[None]]] = []
         first = await self.follow(

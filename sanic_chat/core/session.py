@@ -26,8 +26,8 @@ from .events import (
     Pong,
     decode_client_frame,
 )
-from .outbox import Outbox
-from .ports import new_conversation_id
+from .outbox import HeldListener, Outbox
+from .ports import EventListener, new_conversation_id
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -123,27 +123,41 @@ class ChatSession:
             self.outbox.push_answer(accepted)
 
     async def _subscribe(self, frame: ConversationSubscribe) -> None:
-        if await self.service.store.get_conversation(self.user, frame.conversation_id) is None:
-            raise NotFound("no such conversation", ref=frame.conversation_id)
-        await self._ensure_subscribed(frame.conversation_id)
-        if frame.generation_id is not None:
-            # a resume of the conversation's stream: that reply from offset,
-            # then whatever was posted after it
+        conversation_id = frame.conversation_id
+        if await self.service.store.get_conversation(self.user, conversation_id) is None:
+            raise NotFound("no such conversation", ref=conversation_id)
+        if frame.generation_id is None:
+            await self._ensure_subscribed(conversation_id)
+            return
+        # A resume of the conversation's stream: that reply from offset, then
+        # whatever was posted after it. Like every resume, the conversation's
+        # live events are held until the replay and the catch-up are queued:
+        # queued at once, this connection's writer would send live text ahead
+        # of the reply's generation.started, and that text again in the replay.
+        # (Already subscribed, the connection has the live events: the resume
+        # restarts the reply from offset, as a generation.resume does.)
+        live = HeldListener(self.outbox.push)
+        await self._ensure_subscribed(conversation_id, live.hear)
+        try:
             self._follows.extend(
                 await self.service.follow_conversation(
                     self.user,
-                    frame.conversation_id,
+                    conversation_id,
                     frame.generation_id,
                     frame.offset or 0,
                     self.outbox,
                 )
             )
+        finally:
+            live.release()
 
-    async def _ensure_subscribed(self, conversation_id: str) -> None:
+    async def _ensure_subscribed(
+        self, conversation_id: str, listener: EventListener | None = None
+    ) -> None:
         if conversation_id in self._subscriptions:
             return
         self._subscriptions[conversation_id] = await self.service.bus.subscribe(
-            conversation_id, self.outbox.push
+            conversation_id, listener or self.outbox.push
         )
 
     async def _follow(self, generation_id: str, offset: int, *, restart: bool = True) -> None:

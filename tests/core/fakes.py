@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from sanic_chat.bus.memory import MemoryBus
 from sanic_chat.core.errors import ProviderError, ValidationFailed
-from sanic_chat.core.ports import Chunk, CompletionRequest, Provider
-from sanic_chat.core.records import Usage
+from sanic_chat.core.ports import Chunk, CompletionRequest, Provider, Tail
+from sanic_chat.core.records import Message, Usage
+from sanic_chat.store.memory import MemoryMessageStore
 
 
 class ScriptedProvider:
@@ -64,3 +66,55 @@ class StaticModels:
             return self._providers[name]
         except KeyError:
             raise ValidationFailed(f"unknown model {name!r}") from None
+
+
+class Pause:
+    """A point where a fake read stops until the test lets it go: the test
+    arms it for one key, waits for :attr:`entered`, does what must race the
+    read (e.g. publish deltas), then calls :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.entered = asyncio.Event()
+        self._go = asyncio.Event()
+
+    def arm(self, key: str) -> None:
+        self.key = key
+        self.entered.clear()
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    async def at(self, key: str) -> None:
+        if key != self.key:
+            return
+        self.key = None  # once per arming
+        self.entered.set()
+        await self._go.wait()
+
+
+class PausingStore(MemoryMessageStore):
+    """The in-memory store whose ``get_message`` of the armed id waits (a slow
+    database read, where a resume reads the reply it continues)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pause = Pause()
+
+    async def get_message(self, owner: str, message_id: str) -> Message | None:
+        await self.pause.at(message_id)
+        return await super().get_message(owner, message_id)
+
+
+class PausingBus(MemoryBus):
+    """The in-memory bus whose ``tail`` of the armed generation waits (a slow
+    read of the live tail)."""
+
+    def __init__(self, *, tail_ttl_s: float = 60.0) -> None:
+        super().__init__(tail_ttl_s=tail_ttl_s)
+        self.pause = Pause()
+
+    async def tail(self, generation_id: str) -> Tail | None:
+        await self.pause.at(generation_id)
+        return await super().tail(generation_id)
