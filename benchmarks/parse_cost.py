@@ -75,7 +75,7 @@ async def client_cost(
         return httpx.Response(200, headers={"content-type": content_type}, stream=Replay(pieces))
 
     spec = ModelSpec(name="b", provider=vendor, model="bench", base_url="http://bench.test")
-    catalog = ModelCatalog([spec], "b", transport=httpx.MockTransport(handler))
+    catalog = ModelCatalog([spec], "b", transports=lambda: httpx.MockTransport(handler))
     provider = catalog.get("b")
     request = CompletionRequest([Turn("user", "benchmark the parsers")])
     got = 0

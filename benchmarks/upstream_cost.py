@@ -96,7 +96,7 @@ async def measure(
     # bookkeeping costs O(connections x queued requests) per request start and
     # end, which would drown the per-chunk cost of 200 streams starting at once
     catalogs = [
-        ModelCatalog([short, long], short.name, transport=BACKENDS[backend]())
+        ModelCatalog([short, long], short.name, transports=BACKENDS[backend])
         for _ in range(1 if args.shared else args.streams)
     ]
 

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .core.settings import CoreSettings
 from .logging import bind_request
 from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
+from .providers.upstream import TransportFactory, upstream_transports
 from .runtime import tune_garbage_collector
 from .security import Security
 from .startup import (
@@ -127,6 +129,14 @@ def node_id_for(settings: Settings) -> str:
     return f"{base}/{worker}" if worker else base
 
 
+def providers_http(settings: Settings) -> TransportFactory:
+    """The providers' HTTP stack: ``SANIC_CHAT_UPSTREAM_HTTP``, except that with a
+    proxy in the environment it is httpx's own transport, the one that honours it."""
+    proxies = urllib.request.getproxies()
+    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+    return upstream_transports(settings.upstream_http, proxied=proxied)
+
+
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
     settings = settings or Settings.from_env()
     app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
@@ -147,7 +157,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.ctx.node_id = node_id
     authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
-    catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
+    catalog: ModelCatalog = load_catalog(
+        settings.models_path, dict(os.environ), transports=providers_http(settings)
+    )
     app.ctx.catalog = catalog
     context = TransportContext(
         authenticate=authenticate,

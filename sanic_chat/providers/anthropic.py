@@ -4,7 +4,6 @@ events (message_start, content_block_*, ping, message_delta, message_stop, error
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest, Turn
 from ..core.records import Usage
-from .http import HttpProvider, drain_after_end, loads_json, redact, sse_events
+from .http import HttpProvider, decode_stream, loads_json, redact, sse_events
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -134,9 +133,11 @@ class AnthropicStreamDecoder:
         if usage.get("output_tokens") is not None:
             self.output_tokens = int(usage["output_tokens"])
 
-    def end(self) -> None:
+    def end(self) -> Chunk | None:
+        """Nothing: the last chunk came with message_stop."""
         if not self.done:
             raise ProviderFailure(f"{self.label} ended the stream before it finished")
+        return None
 
 
 class AnthropicProvider(HttpProvider):
@@ -173,14 +174,9 @@ class AnthropicProvider(HttpProvider):
             headers["x-api-key"] = self.spec.api_key
         return headers
 
-    async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+    def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = AnthropicStreamDecoder(self.label)
-        async with aclosing(sse_events(response)) as events:
-            async for event in events:
-                chunk = decoder.feed(event.event, event.data)
-                if chunk is not None:
-                    yield chunk
-                if decoder.done:
-                    await drain_after_end(events)
-                    return
-        decoder.end()
+        feed = decoder.feed
+        return decode_stream(
+            sse_events(response), lambda event: feed(event.event, event.data), decoder
+        )

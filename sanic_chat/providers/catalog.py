@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,11 +22,12 @@ from .demo import DemoProvider
 from .http import HttpProvider
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
-from .pool import ConnectionPool
 from .spec import PROVIDER_NAMES, ModelSpec
+from .upstream import POOL_LIMITS, TransportFactory, pool_transport
 
 __all__ = [
     "BUILTIN_DEMO",
+    "POOL_LIMITS",
     "ConfigError",
     "ModelCatalog",
     "ModelSpec",
@@ -37,24 +37,11 @@ __all__ = [
 
 BUILTIN_DEMO = ModelSpec(name="demo", provider="demo", model="demo")
 
-#: HTTP/1.1 carries one stream per connection: the pool must hold as many
-#: connections as replies may run at once against one upstream.
-POOL_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=256, keepalive_expiry=30)
 _HTTP_PROVIDERS: dict[str, Callable[[ModelSpec, httpx.AsyncClient], HttpProvider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "ollama": OllamaProvider,
 }
-
-
-def _own_transport() -> httpx.AsyncBaseTransport | None:
-    """A :class:`ConnectionPool` (httpcore's pool costs O(connections x waiting
-    requests) per request), unless the environment names a proxy: httpx honours
-    ``HTTP(S)_PROXY`` only with the transports it builds (None here)."""
-    proxies = urllib.request.getproxies()
-    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
-        return None
-    return ConnectionPool.from_limits(POOL_LIMITS)
 
 
 class ConfigError(ValueError):
@@ -214,12 +201,12 @@ def load_catalog(
     path: str | os.PathLike[str] | None,
     env: Mapping[str, str],
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transports: TransportFactory = pool_transport,
 ) -> ModelCatalog:
     """The catalog of the models file at ``path``; with no path, the built-in
-    demo model alone. ``transport`` replaces the network (tests)."""
+    demo model alone. ``transports``: see :class:`ModelCatalog`."""
     if path is None or str(path) == "":
-        return ModelCatalog([BUILTIN_DEMO], "demo", transport=transport)
+        return ModelCatalog([BUILTIN_DEMO], "demo", transports=transports)
     source = f"models file {os.fspath(path)}"
     try:
         with open(path, "rb") as handle:
@@ -231,22 +218,24 @@ def load_catalog(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     specs, default = parse_models(data, source=source, env=env)
-    return ModelCatalog(specs, default, transport=transport)
+    return ModelCatalog(specs, default, transports=transports)
 
 
 # --------------------------------------------------------------------------- catalog
 
 
 class ModelCatalog:
-    """Providers by model name. Owns the HTTP clients: one pool per upstream
-    base URL, shared by every model on it, closed by :meth:`aclose`."""
+    """Providers by model name. Owns the HTTP clients: one per upstream base
+    URL, shared by every model on it, closed by :meth:`aclose`. Each client's
+    transport comes from ``transports`` (the HTTP stack the composition root
+    picked, see :mod:`.upstream`; tests may hand a ``MockTransport``)."""
 
     def __init__(
         self,
         specs: Sequence[ModelSpec],
         default: str,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transports: TransportFactory = pool_transport,
     ) -> None:
         self._specs = {spec.name: spec for spec in specs}
         if default not in self._specs:
@@ -271,7 +260,7 @@ class ModelCatalog:
                 client = self._clients[base] = httpx.AsyncClient(
                     limits=POOL_LIMITS,
                     timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0),
-                    transport=transport if transport is not None else _own_transport(),
+                    transport=transports(),
                     follow_redirects=False,
                 )
             self._providers[spec.name] = _HTTP_PROVIDERS[spec.provider](spec, client)

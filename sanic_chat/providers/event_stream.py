@@ -1,15 +1,28 @@
 """Upstream server-sent events, decoded a network read at a time.
 
-httpx-sse's ``EventSource.aiter_sse`` passes each *line* through three async
-generators (text, lines, events); a streamed reply is a few lines per token, so
-that was a measurable share of the server's CPU per reply. This decoder takes
-the bytes of one read and returns the events they complete, as
-``httpx_sse.ServerSentEvent``, with httpx-sse's exact interpretation (the
-tests compare the two on generated streams):
+Contained infrastructure (architecture rule 7): this replaces httpx-sse's
+``EventSource.aiter_sse``, which passes each *line* through three async
+generators (text, lines, events). A streamed reply is a few lines per token,
+so that was a measurable share of the server's CPU per reply.
+
+* Works around: httpx-sse's per-line async-generator layering (its design, not
+  a bug; no upstream issue asks for a read-at-a-time decoder).
+* Justified by: ``python -m benchmarks.upstream_cost --streams 200 --tokens 100
+  --tps 50 --repeat 3 --shared``, the "upstream reads" row of the second pass in
+  ``benchmarks/RESULTS.md`` (together with http11.py and pool.py).
+* Delete when: a maintained SSE decoder for httpx decodes a read at a time and,
+  swapped in here, is within 5 % of this one's client CPU per chunk on that
+  benchmark. Its interpretation is kept identical to httpx-sse's:
+  tests/providers/test_event_stream.py compares the two on generated streams
+  (httpx-sse is a test-only dependency for that).
+
+It is used by both upstream HTTP stacks (see :mod:`.upstream`): it reads the
+bytes httpx hands over, whatever transport carried them. The rules:
 
 * lines end at ``\\r\\n``, ``\\n`` or ``\\r``, also when split across reads;
 * a blank line dispatches the event if any field was set since the last one
   (``data`` lines joined by ``\\n``; the last ``id`` carries over, as the spec says);
+* an event without an ``event`` field is named ``message`` (as the spec says);
 * ``:`` starts a comment; ``field: value`` loses one leading space; unknown
   fields are ignored; an unterminated last event is dropped at the end;
 * bytes are UTF-8, invalid sequences replaced (as httpx's text decoding does).
@@ -19,13 +32,31 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 import httpx
-import httpx_sse
 
-__all__ = ["EventStreamDecoder", "check_event_stream", "server_sent_events"]
+__all__ = [
+    "EventStreamDecoder",
+    "NotAnEventStream",
+    "ServerSentEvent",
+    "check_event_stream",
+    "server_sent_events",
+]
 
-ServerSentEvent = httpx_sse.ServerSentEvent
+
+@dataclass(slots=True)
+class ServerSentEvent:
+    """One dispatched event (not frozen: a frozen dataclass costs more per event)."""
+
+    event: str = "message"
+    data: str = ""
+    id: str = ""
+    retry: int | None = None
+
+
+class NotAnEventStream(Exception):
+    """The response's content type is not ``text/event-stream``."""
 
 
 class EventStreamDecoder:
@@ -69,7 +100,7 @@ class EventStreamDecoder:
                 if self._event or self._data or self._id or self._retry is not None:
                     events.append(
                         ServerSentEvent(
-                            event=self._event,
+                            event=self._event or "message",
                             data="\n".join(self._data),
                             id=self._id,
                             retry=self._retry,
@@ -100,10 +131,10 @@ class EventStreamDecoder:
 
 
 def check_event_stream(response: httpx.Response) -> None:
-    """Raise ``httpx_sse.SSEError`` unless the response says it is an event stream."""
+    """Raise :class:`NotAnEventStream` unless the response says it is an event stream."""
     content_type = response.headers.get("content-type", "").partition(";")[0]
     if "text/event-stream" not in content_type:
-        raise httpx_sse.SSEError(
+        raise NotAnEventStream(
             f"Expected response header Content-Type to contain 'text/event-stream', "
             f"got {content_type!r}"
         )

@@ -33,10 +33,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
-import httpx_sse
 import orjson
 
 from ..core.errors import (
@@ -47,14 +46,15 @@ from ..core.errors import (
     ProviderUnauthorized,
 )
 from ..core.ports import Chunk, CompletionRequest
-from .event_stream import server_sent_events
+from ..redaction import redact_url
+from .event_stream import NotAnEventStream, ServerSentEvent, server_sent_events
 from .spec import ModelSpec
 
 __all__ = [
     "HttpProvider",
     "RetryPolicy",
-    "base_url_host",
     "connect_failure",
+    "decode_stream",
     "error_from_response",
     "error_from_transport",
     "loads_json",
@@ -294,7 +294,7 @@ class HttpProvider:
         #: how messages shown to users name the upstream: the model they picked
         self.label = f"the model {spec.name!r}"
         #: what the operator's log says it is: host[:port] and nothing else
-        self.host = base_url_host(spec.base_url)
+        self.host = redact_url(spec.base_url, host_only=True)
         self.retry = RetryPolicy.of(spec)
         # no overall deadline for a stream: only the gap between bytes is bounded
         self.timeout = httpx.Timeout(
@@ -346,7 +346,7 @@ class HttpProvider:
                     async with aclosing(self.decode(response)) as chunks:
                         async for chunk in chunks:
                             yield chunk
-            except httpx_sse.SSEError:
+            except NotAnEventStream:
                 raise ProviderFailure(f"{self.label} did not answer with an event stream") from None
             except httpx.TransportError as exc:
                 raise error_from_transport(
@@ -390,19 +390,6 @@ def unbind_stream(response: httpx.Response) -> None:
     response.stream = _NO_BODY
 
 
-def base_url_host(base_url: str) -> str:
-    """``host[:port]`` of a base URL: what a log may say about where a model
-    lives (the URL's user, password, path and query may hold secrets)."""
-    try:
-        url = httpx.URL(base_url)
-    except httpx.InvalidURL:
-        return "?"
-    host = url.host
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    return f"{host}:{url.port}" if url.port is not None else host
-
-
 async def _read_limited(response: httpx.Response) -> bytes:
     body = bytearray()
     async for part in response.aiter_bytes():
@@ -428,10 +415,47 @@ async def drain_after_end(rest: AsyncIterator[Any]) -> None:
                 pass
 
 
-def sse_events(response: httpx.Response) -> AsyncGenerator[httpx_sse.ServerSentEvent, None]:
-    """The response's server-sent events (an ``httpx_sse.SSEError`` if it is not
+def sse_events(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
+    """The response's server-sent events (:class:`NotAnEventStream` if it is not
     an event stream), decoded a read at a time: see :mod:`.event_stream`."""
     return server_sent_events(response)
+
+
+Frame = TypeVar("Frame")
+
+
+class StreamDecoder(Protocol):
+    """A vendor's bytes-free state machine: frames in, chunks out."""
+
+    @property
+    def done(self) -> bool:
+        """The vendor's end marker arrived."""
+        ...
+
+    def end(self) -> Chunk | None:
+        """The body ended: a last chunk, or a failure if the stream was cut."""
+        ...
+
+
+async def decode_stream(
+    frames: AsyncGenerator[Frame, None],
+    feed: Callable[[Frame], Chunk | None],
+    decoder: StreamDecoder,
+) -> AsyncGenerator[Chunk, None]:
+    """The one decode loop of every vendor: each frame through ``feed`` (the
+    decoder's), chunks passed on; at the end marker the rest of the body is
+    drained (so the connection can be pooled), else the body's end decides."""
+    async with aclosing(frames):
+        async for frame in frames:
+            chunk = feed(frame)
+            if chunk is not None:
+                yield chunk
+            if decoder.done:
+                await drain_after_end(frames)
+                return
+    last = decoder.end()
+    if last is not None:
+        yield last
 
 
 def loads_json(data: str | bytes, vendor: str) -> Any:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, drain_after_end, loads_json, redact
+from .http import HttpProvider, decode_stream, loads_json, redact
 
 __all__ = ["OllamaProvider", "OllamaStreamDecoder", "map_done_reason"]
 
@@ -59,9 +59,11 @@ class OllamaStreamDecoder:
             return Chunk(text=text)
         return None
 
-    def end(self) -> None:
+    def end(self) -> Chunk | None:
+        """Nothing: the last chunk came with the done line."""
         if not self.done:
             raise ProviderFailure(f"{self.label} ended the stream before it finished")
+        return None
 
 
 class OllamaProvider(HttpProvider):
@@ -95,14 +97,8 @@ class OllamaProvider(HttpProvider):
             headers["authorization"] = f"Bearer {self.spec.api_key}"
         return headers
 
-    async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+    def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OllamaStreamDecoder(self.label)
-        lines = response.aiter_lines()
-        async for line in lines:
-            chunk = decoder.feed(line)
-            if chunk is not None:
-                yield chunk
-            if decoder.done:
-                await drain_after_end(lines)
-                return
-        decoder.end()
+        # httpx types it an iterator; it is an async generator (closed on exit)
+        lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+        return decode_stream(lines, decoder.feed, decoder)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, drain_after_end, loads_json, redact, sse_events
+from .http import HttpProvider, decode_stream, loads_json, redact, sse_events
 
 __all__ = ["OpenAIProvider", "OpenAIStreamDecoder", "map_finish_reason"]
 
@@ -131,16 +130,7 @@ class OpenAIProvider(HttpProvider):
             headers["authorization"] = f"Bearer {self.spec.api_key}"
         return headers
 
-    async def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+    def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OpenAIStreamDecoder(self.label)
-        async with aclosing(sse_events(response)) as events:
-            async for event in events:
-                chunk = decoder.feed(event.data)
-                if chunk is not None:
-                    yield chunk
-                if decoder.done:
-                    await drain_after_end(events)
-                    return
-        last = decoder.end()
-        if last is not None:
-            yield last
+        feed = decoder.feed
+        return decode_stream(sse_events(response), lambda event: feed(event.data), decoder)

@@ -2,6 +2,11 @@
 
 One fake serves the whole session (on its own thread); each test names its own
 stats bucket with a ``key=`` directive so that counts never mix.
+
+Every test that opens a provider over the network (``open_provider``, or the
+``upstream`` fixture itself) runs twice: over our HTTP stack (``pool``) and over
+httpx's own transport (``httpx``), the two values of SANIC_CHAT_UPSTREAM_HTTP,
+so the default run covers both.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sanic_chat.core.ports import Chunk, CompletionRequest, Provider, Turn
 from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.spec import ModelSpec
+from sanic_chat.providers.upstream import UPSTREAM_HTTP, TransportFactory
 
 VENDORS = ("openai", "anthropic", "ollama")
 _keys = itertools.count()
@@ -52,6 +58,12 @@ def spec_for(fake: FakeLLM, vendor: str, directives: str = "", **overrides: Any)
     return replace(spec, **overrides)
 
 
+@pytest.fixture(params=list(UPSTREAM_HTTP))
+def upstream(request: pytest.FixtureRequest) -> TransportFactory:
+    """The providers' HTTP stack, each in turn (see the module's docstring)."""
+    return UPSTREAM_HTTP[request.param]
+
+
 @pytest.fixture
 async def catalogs() -> AsyncIterator[list[ModelCatalog]]:
     """Catalogs made by a test, closed after it."""
@@ -65,17 +77,20 @@ async def catalogs() -> AsyncIterator[list[ModelCatalog]]:
 class Opener:
     fake: FakeLLM
     catalogs: list[ModelCatalog]
+    upstream: TransportFactory
 
     def __call__(self, vendor: str, directives: str = "", **overrides: Any) -> Provider:
         spec = spec_for(self.fake, vendor, directives, **overrides)
-        catalog = ModelCatalog([spec], spec.name)
+        catalog = ModelCatalog([spec], spec.name, transports=self.upstream)
         self.catalogs.append(catalog)
         return catalog.get(spec.name)
 
 
 @pytest.fixture
-def open_provider(fake: FakeLLM, catalogs: list[ModelCatalog]) -> Opener:
-    return Opener(fake, catalogs)
+def open_provider(
+    fake: FakeLLM, catalogs: list[ModelCatalog], upstream: TransportFactory
+) -> Opener:
+    return Opener(fake, catalogs, upstream)
 
 
 def ask(text: str, *history: Turn, **kw: Any) -> CompletionRequest:

@@ -17,6 +17,7 @@ from sanic_chat.core.errors import (
 from sanic_chat.core.ports import Turn
 from sanic_chat.fake_llm import FakeLLM, reply_text, reply_tokens
 from sanic_chat.providers.catalog import ModelCatalog
+from sanic_chat.providers.upstream import TransportFactory
 
 from .conftest import VENDORS, Opener, ask, run, spec_for
 
@@ -263,13 +264,13 @@ async def test_cancel_during_time_to_first_token_closes_the_upstream(
 
 
 async def test_connect_refused_is_a_retryable_failure_retried_then_reported(
-    vendor: str, catalogs: list[ModelCatalog], fake: FakeLLM
+    vendor: str, catalogs: list[ModelCatalog], fake: FakeLLM, upstream: TransportFactory
 ) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     spec = spec_for(fake, vendor, base_url=f"http://127.0.0.1:{port}", max_attempts=2)
-    catalog = ModelCatalog([spec], spec.name)
+    catalog = ModelCatalog([spec], spec.name, transports=upstream)
     catalogs.append(catalog)
     outcome = await run(catalog.get(spec.name), ask("x"))
     assert isinstance(outcome.error, ProviderFailure)

@@ -10,6 +10,7 @@ import pytest
 
 from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
+from sanic_chat.providers.upstream import TransportFactory
 from tests.chaos import TcpProxy
 
 from .conftest import VENDORS, ask, run, spec_for
@@ -17,12 +18,12 @@ from .conftest import VENDORS, ask, run, spec_for
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_consecutive_replies_share_one_upstream_connection(
-    fake: FakeLLM, vendor: str
+    fake: FakeLLM, vendor: str, upstream: TransportFactory
 ) -> None:
     with TcpProxy(int(fake.base_url.rsplit(":", 1)[1])) as proxy:
         spec = spec_for(fake, vendor)
         spec = replace(spec, base_url=proxy.url_for(spec.base_url or ""))
-        catalog = ModelCatalog([spec], spec.name)
+        catalog = ModelCatalog([spec], spec.name, transports=upstream)
         try:
             provider = catalog.get(spec.name)
             for i in range(3):

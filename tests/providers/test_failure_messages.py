@@ -2,8 +2,9 @@
 the operator did not pick) and what it carries for the operator's log (host,
 status, upstream model: never the base URL's credentials, path or query).
 
-Over our own connection pool and over httpx's own transport (used when a
-proxy is configured), against the fake LLM and a closed loopback port."""
+Over both HTTP stacks (the ``upstream`` fixture: our pool, and httpx's own
+upstream, also used when a proxy is configured), against the fake LLM and a
+closed loopback port."""
 
 from __future__ import annotations
 
@@ -17,18 +18,13 @@ import pytest
 from sanic_chat.core.errors import ProviderError
 from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
-from sanic_chat.providers.http import base_url_host, connect_failure
+from sanic_chat.providers.http import connect_failure
 from sanic_chat.providers.spec import ModelSpec
+from sanic_chat.providers.upstream import TransportFactory
+from sanic_chat.redaction import redact_url
 from tests.server import free_port
 
 from .conftest import VENDORS, ask, base_url, run
-
-TRANSPORTS = ("pool", "httpx")
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> httpx.AsyncBaseTransport | None:
-    return None if request.param == "pool" else httpx.AsyncHTTPTransport()
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ async def _fail(
     catalogs: list[ModelCatalog],
     vendor: str,
     url: str,
-    transport: httpx.AsyncBaseTransport | None,
+    upstream: TransportFactory,
     *,
     name: str = "my-model",
     directives: str = "",
@@ -58,7 +54,7 @@ async def _fail(
         stream_timeout_s=0.3,
         headers=(("X-Fake-LLM", directives),) if directives else (),
     )
-    catalog = ModelCatalog([spec], name, transport=transport)
+    catalog = ModelCatalog([spec], name, transports=upstream)
     catalogs.append(catalog)
     outcome = await run(catalog.get(name), ask("hello"))
     assert outcome.error is not None
@@ -70,12 +66,12 @@ async def _fail(
 async def test_a_refused_connection_names_the_model_and_says_refused(
     vendor: str,
     host: str,
-    transport: httpx.AsyncBaseTransport | None,
+    upstream: TransportFactory,
     opened: list[ModelCatalog],
 ) -> None:
     port = free_port()
     error = await _fail(
-        opened, vendor, f"http://user:hunter2@{host}:{port}/v1?tenant=x", transport, name="local"
+        opened, vendor, f"http://user:hunter2@{host}:{port}/v1?tenant=x", upstream, name="local"
     )
     assert error.message == "could not connect to the model 'local' (connection refused)"
     assert (error.code, error.retryable) == ("provider_error", True)
@@ -88,9 +84,9 @@ async def test_a_refused_connection_names_the_model_and_says_refused(
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_an_unknown_host_names_the_model(
-    vendor: str, transport: httpx.AsyncBaseTransport | None, opened: list[ModelCatalog]
+    vendor: str, upstream: TransportFactory, opened: list[ModelCatalog]
 ) -> None:
-    error = await _fail(opened, vendor, "http://no-such-host.invalid:8080", transport)
+    error = await _fail(opened, vendor, "http://no-such-host.invalid:8080", upstream)
     assert error.message == "could not connect to the model 'my-model' (host name not found)"
     assert error.upstream_host == "no-such-host.invalid:8080"
 
@@ -114,10 +110,10 @@ async def test_each_upstream_failure_names_the_model_and_carries_its_status(
     status: int,
     message: str,
     fake: FakeLLM,
-    transport: httpx.AsyncBaseTransport | None,
+    upstream: TransportFactory,
     opened: list[ModelCatalog],
 ) -> None:
-    error = await _fail(opened, vendor, base_url(fake, vendor), transport, directives=directives)
+    error = await _fail(opened, vendor, base_url(fake, vendor), upstream, directives=directives)
     assert error.message.startswith(message), error.message
     assert "sk-never-shown" not in error.message
     port = fake.base_url.rsplit(":", 1)[1]
@@ -129,9 +125,23 @@ async def test_each_upstream_failure_names_the_model_and_carries_its_status(
 
 
 def test_the_host_of_a_base_url_leaves_out_credentials_path_and_query() -> None:
-    assert base_url_host("https://api.openai.com/v1") == "api.openai.com"
-    assert base_url_host("http://me:secret@10.0.0.5:8080/v1?key=abc") == "10.0.0.5:8080"
-    assert base_url_host("http://[::1]:11434") == "[::1]:11434"
+    def host(url: str) -> str:
+        return redact_url(url, host_only=True)
+
+    assert host("https://api.openai.com/v1") == "api.openai.com"
+    assert host("https://api.openai.com:443/v1") == "api.openai.com"
+    assert host("http://me:secret@10.0.0.5:8080/v1?key=abc") == "10.0.0.5:8080"
+    assert host("http://[::1]:11434") == "[::1]:11434"
+    assert host("http://[::1") == "?"
+
+
+def test_a_url_in_a_message_loses_its_password_only() -> None:
+    assert redact_url("postgresql://u:pw@db:5432/chat") == "postgresql://u:***@db:5432/chat"
+    assert redact_url("postgresql://u:p@ss@db/chat") == "postgresql://u:***@db/chat"
+    assert redact_url("redis://:pw@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_url("postgresql://u@db/chat") == "postgresql://u@db/chat"
+    assert redact_url("sqlite:///chat.db") == "sqlite:///chat.db"
+    assert redact_url("redis://u:pw@[::1/0") == "<unparsable>"
 
 
 def test_the_reason_of_a_connect_failure_comes_from_the_os_error_behind_it() -> None:
@@ -160,7 +170,7 @@ def test_the_reason_of_a_connect_failure_comes_from_the_os_error_behind_it() -> 
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_a_connect_timeout_names_the_model_and_the_limit(
-    vendor: str, transport: httpx.AsyncBaseTransport | None, opened: list[ModelCatalog]
+    vendor: str, upstream: TransportFactory, opened: list[ModelCatalog]
 ) -> None:
     # a listener that never accepts, its backlog full: the kernel drops further
     # SYNs, so connecting hangs until the limit (on loopback, no network needed)
@@ -183,7 +193,7 @@ async def test_a_connect_timeout_names_the_model_and_the_limit(
                 max_attempts=1,
                 connect_timeout_s=0.3,
             )
-            catalog = ModelCatalog([spec], "busy", transport=transport)
+            catalog = ModelCatalog([spec], "busy", transports=upstream)
             opened.append(catalog)
             outcome = await run(catalog.get("busy"), ask("hello"))
         finally:

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from sanic_chat.fake_llm import FakeLLM, reply_text
+from sanic_chat.providers.upstream import TransportFactory
 
 from .conftest import Opener, ask, run
 
@@ -152,13 +153,13 @@ def keyed_fake() -> Iterator[FakeLLM]:
 
 @pytest.mark.parametrize("vendor", ["openai", "anthropic", "ollama"])
 async def test_the_key_is_sent_the_vendors_way_and_a_wrong_one_never_shows(
-    vendor: str, keyed_fake: FakeLLM, catalogs: list
+    vendor: str, keyed_fake: FakeLLM, catalogs: list, upstream: TransportFactory
 ) -> None:
-    right = Opener(keyed_fake, catalogs)(vendor, api_key="sk-right-key-0123456789abcdef")
+    right = Opener(keyed_fake, catalogs, upstream)(vendor, api_key="sk-right-key-0123456789abcdef")
     ok = await run(right, ask("hi"))
     assert ok.error is None and ok.text == reply_text("hi", 4)
     wrong_key = "sk-wrong-key-9876543210zyxwvu"
-    wrong = Opener(keyed_fake, catalogs)(vendor, api_key=wrong_key)
+    wrong = Opener(keyed_fake, catalogs, upstream)(vendor, api_key=wrong_key)
     refused = await run(wrong, ask("hi"))
     assert refused.error is not None
     assert refused.error.code == "provider_unauthorized"

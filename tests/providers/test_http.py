@@ -251,7 +251,7 @@ def _catalog(vendor: str, handler: httpx.MockTransport, **kw: object) -> ModelCa
         max_attempts=1,
         **kw,  # type: ignore[arg-type]
     )
-    return ModelCatalog([spec], "m", transport=handler)
+    return ModelCatalog([spec], "m", transports=lambda: handler)
 
 
 async def _outcome(catalog: ModelCatalog) -> tuple[str, ProviderError | None]:

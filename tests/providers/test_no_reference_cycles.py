@@ -13,6 +13,7 @@ import pytest
 
 from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
+from sanic_chat.providers.upstream import TransportFactory
 
 from .conftest import VENDORS, ask, run, spec_for
 
@@ -32,10 +33,10 @@ def saved_garbage() -> Iterator[list[object]]:
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_replies_leave_no_httpx_objects_in_cycles(
-    fake: FakeLLM, vendor: str, saved_garbage: list[object]
+    fake: FakeLLM, vendor: str, saved_garbage: list[object], upstream: TransportFactory
 ) -> None:
     spec = spec_for(fake, vendor)
-    catalog = ModelCatalog([spec], spec.name)
+    catalog = ModelCatalog([spec], spec.name, transports=upstream)
     try:
         provider = catalog.get(spec.name)
         for i in range(5):
