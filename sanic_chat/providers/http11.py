@@ -1,12 +1,25 @@
 """One HTTP/1.1 client connection: an :class:`asyncio.Protocol` whose responses
 are parsed by httptools (llhttp, the parser of Node.js; Sanic's own dependency).
 
-Why not httpcore's connection: a streamed reply is a hundred small chunks, and
-each went through h11's pure-Python state machine, httpcore's event loop, a
-network-stream read with its own timeout, and three async iterator layers.
-Here a chunk is parsed in C as it arrives and a waiting reader is woken once;
-what arrived meanwhile is handed over joined (see ``benchmarks/upstream_cost.py``
-and ``benchmarks/RESULTS.md`` for the measured difference).
+Contained infrastructure (architecture rule 7), used only through
+:class:`~.pool.ConnectionPool` and switchable off in one place
+(``SANIC_CHAT_UPSTREAM_HTTP=httpx``, see :mod:`.upstream`):
+
+* Works around: httpcore's per-chunk cost on streamed reads. A streamed reply
+  is a hundred small chunks, and each went through h11's pure-Python state
+  machine, httpcore's connection (its anyio lock and ``is_readable`` checks:
+  https://github.com/encode/httpx/issues/3215), a network-stream read with its
+  own timeout, and three async iterator layers. Here a chunk is parsed in C as
+  it arrives and a waiting reader is woken once; what arrived meanwhile is
+  handed over joined.
+* Justified by: ``python -m benchmarks.upstream_cost --streams 200 --tokens 100
+  --tps 50 --repeat 3 --shared --transports lean,anyio`` (client CPU per chunk,
+  ``lean`` = this stack, ``anyio`` = httpx's own), the "upstream reads" row of
+  the second pass in ``benchmarks/RESULTS.md``.
+* Delete when: httpx's own transport (``anyio`` on that benchmark) costs within
+  20 % of ``lean`` per chunk (whole pass and marginal chunk), or when this file
+  needs HTTP/2 or proxy support (httpx's own has both): then delete it with
+  pool.py and make ``httpx`` the only stack.
 
 Invariants:
 

@@ -1,9 +1,24 @@
 """An httpx transport that pools HTTP/1.1 connections per origin at O(1) per
 request, each a :class:`~sanic_chat.providers.http11.Http11Connection`.
 
-httpcore 1.0's pool re-examines every connection against every queued request
-at each request's start and end (encode/httpcore#1000): with hundreds of
-streaming replies on one upstream that cost more CPU than the replies did.
+Contained infrastructure (architecture rule 7): the ``pool`` stack of
+:mod:`.upstream`, built only there; ``SANIC_CHAT_UPSTREAM_HTTP=httpx`` (or a
+proxy in the environment: this pool speaks to origins only) uses httpx's own.
+
+* Works around: httpcore 1.0's pool re-examines every connection against every
+  queued request at each request's start and end (``_assign_requests_to_connections``,
+  O(connections x requests): https://github.com/encode/httpcore/pull/1035, open;
+  an earlier fix, https://github.com/encode/httpcore/pull/929, closed as
+  wontfix; reported in https://github.com/encode/httpx/issues/3215): with
+  hundreds of streaming replies on one upstream that cost more CPU than the
+  replies did.
+* Justified by: ``python -m benchmarks.upstream_cost --streams 200 --tokens 100
+  --tps 50 --repeat 3 --shared --transports lean,anyio`` (``--shared``: every
+  stream on one pool, as a server under load has), the "upstream reads" row of
+  the second pass in ``benchmarks/RESULTS.md``.
+* Delete when: httpcore's pool is O(1) per request (a fix like #1035
+  released) and httpx's own transport is within 20 % of this one per request on
+  that benchmark; delete it with http11.py (see there).
 
 Invariants:
 
