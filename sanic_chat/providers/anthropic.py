@@ -11,7 +11,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest, Turn
 from ..core.records import Usage
-from .http import HttpProvider, decode_stream, loads_json, redact, sse_events
+from .http import HttpProvider, VendorDecoder, decode_stream, sse_events
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -62,19 +62,17 @@ def to_anthropic_messages(turns: Sequence[Turn]) -> tuple[str | None, list[dict[
     return ("\n\n".join(system) if system else None), messages
 
 
-class AnthropicStreamDecoder:
-    """Bytes-free state machine: one SSE event (name, data) in, at most one chunk
-    out. Usage (input from message_start, output from message_delta) and the
-    stop reason arrive in one last chunk at message_stop."""
+class AnthropicStreamDecoder(VendorDecoder):
+    """One SSE event (name, data) in, at most one chunk out. Usage (input from
+    message_start, output from message_delta) and the stop reason arrive in one
+    last chunk at message_stop."""
 
     vendor = "Anthropic"
 
-    __slots__ = ("done", "finish_reason", "input_tokens", "label", "output_tokens")
+    __slots__ = ("finish_reason", "input_tokens", "output_tokens")
 
     def __init__(self, label: str | None = None) -> None:
-        #: how messages name the upstream (a provider passes its model's name)
-        self.label = label or self.vendor
-        self.done = False
+        super().__init__(label)
         self.finish_reason: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
@@ -82,9 +80,7 @@ class AnthropicStreamDecoder:
     def feed(self, event: str, data: str) -> Chunk | None:
         if event == "ping" or not data:
             return None
-        frame = loads_json(data, self.label)
-        if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
+        frame = self.frame(data)
         # the payload's own type is authoritative; the SSE event name repeats it
         kind = frame.get("type") or event
         if kind == "content_block_delta":
@@ -114,11 +110,7 @@ class AnthropicStreamDecoder:
             error = frame.get("error") or {}
             error_type = str(error.get("type") or "error")
             message = str(error.get("message") or "")
-            raise ProviderFailure(
-                f"{self.label} sent a stream error: {redact(error_type)}"
-                + (f": {redact(message)}" if message else ""),
-                retryable=error_type in _RETRYABLE_ERRORS,
-            )
+            raise self.stream_error(error_type, message, retryable=error_type in _RETRYABLE_ERRORS)
         # content_block_start/stop and event types added later carry no text
         return None
 
@@ -132,12 +124,6 @@ class AnthropicStreamDecoder:
             )
         if usage.get("output_tokens") is not None:
             self.output_tokens = int(usage["output_tokens"])
-
-    def end(self) -> Chunk | None:
-        """Nothing: the last chunk came with message_stop."""
-        if not self.done:
-            raise ProviderFailure(f"{self.label} ended the stream before it finished")
-        return None
 
 
 class AnthropicProvider(HttpProvider):
@@ -158,9 +144,7 @@ class AnthropicProvider(HttpProvider):
         }
         if system is not None:
             body["system"] = system
-        temperature = (
-            request.temperature if request.temperature is not None else self.spec.temperature
-        )
+        temperature = self.temperature(request)
         if temperature is not None:
             body["temperature"] = temperature
         return body

@@ -53,6 +53,7 @@ from .spec import ModelSpec
 __all__ = [
     "HttpProvider",
     "RetryPolicy",
+    "VendorDecoder",
     "connect_failure",
     "decode_stream",
     "error_from_response",
@@ -305,6 +306,26 @@ class HttpProvider:
         )
         self._secrets = tuple(s for s in (spec.api_key, *(v for _, v in spec.headers)) if s)
 
+    # -- what the vendors' request bodies share
+
+    def plain_messages(self, request: CompletionRequest) -> list[dict[str, str]]:
+        """The turns as ``{"role", "content"}`` objects (OpenAI's and Ollama's form)."""
+        return [{"role": turn.role, "content": turn.content} for turn in request.messages]
+
+    def max_tokens(self, request: CompletionRequest) -> int | None:
+        """The request's, else the model's (None: the vendor's default)."""
+        return request.max_tokens if request.max_tokens is not None else self.spec.max_tokens
+
+    def temperature(self, request: CompletionRequest) -> float | None:
+        """The request's, else the model's (None: the vendor's default)."""
+        return request.temperature if request.temperature is not None else self.spec.temperature
+
+    def bearer(self, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` with the API key as a Bearer token, if the model has one."""
+        if self.spec.api_key:
+            headers["authorization"] = f"Bearer {self.spec.api_key}"
+        return headers
+
     # -- what a vendor module provides
 
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
@@ -435,6 +456,39 @@ class StreamDecoder(Protocol):
     def end(self) -> Chunk | None:
         """The body ended: a last chunk, or a failure if the stream was cut."""
         ...
+
+
+class VendorDecoder:
+    """What the vendors' decoders share: bytes-free, one frame in and at most one
+    chunk out (``feed``, the vendor's own), ``done`` once its end marker arrived;
+    a body that ends before it was cut. Messages name the upstream by ``label``
+    (a provider passes its model's name)."""
+
+    vendor: ClassVar[str] = ""
+
+    __slots__ = ("done", "label")
+
+    def __init__(self, label: str | None = None) -> None:
+        self.label = label or self.vendor
+        self.done = False
+
+    def frame(self, data: str | bytes) -> dict[str, Any]:
+        """One frame's JSON object; anything else is a malformed frame."""
+        frame = loads_json(data, self.label)
+        if not isinstance(frame, dict):
+            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
+        return frame
+
+    def stream_error(self, *parts: str, retryable: bool = False) -> ProviderFailure:
+        """An error the vendor sent inside the stream (type, message), redacted."""
+        detail = ": ".join(redact(part) for part in parts if part)
+        return ProviderFailure(f"{self.label} sent a stream error: {detail}", retryable=retryable)
+
+    def end(self) -> Chunk | None:
+        """The body ended: nothing more, since the last chunk came with the end marker."""
+        if not self.done:
+            raise ProviderFailure(f"{self.label} ended the stream before it finished")
+        return None
 
 
 async def decode_stream(

@@ -7,10 +7,9 @@ from typing import Any, cast
 
 import httpx
 
-from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, decode_stream, loads_json, redact
+from .http import HttpProvider, VendorDecoder, decode_stream
 
 __all__ = ["OllamaProvider", "OllamaStreamDecoder", "map_done_reason"]
 
@@ -23,29 +22,22 @@ def map_done_reason(reason: str | None) -> str:
     return _DONE_REASONS.get(reason, reason)
 
 
-class OllamaStreamDecoder:
-    """Bytes-free state machine: one NDJSON line in, at most one chunk out. The
+class OllamaStreamDecoder(VendorDecoder):
+    """One NDJSON line in, at most one chunk out. The
     ``done`` line carries usage and the reason (and possibly a last piece of
     text): it becomes the final chunk."""
 
     vendor = "Ollama"
 
-    __slots__ = ("done", "label")
-
-    def __init__(self, label: str | None = None) -> None:
-        #: how messages name the upstream (a provider passes its model's name)
-        self.label = label or self.vendor
-        self.done = False
+    __slots__ = ()
 
     def feed(self, line: str | bytes) -> Chunk | None:
         if not line.strip():
             return None
-        frame = loads_json(line, self.label)
-        if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
+        frame = self.frame(line)
         error = frame.get("error")
         if error is not None:
-            raise ProviderFailure(f"{self.label} sent a stream error: {redact(str(error))}")
+            raise self.stream_error(str(error))
         message = frame.get("message") or {}
         text = message.get("content") or ""
         if frame.get("done"):
@@ -59,12 +51,6 @@ class OllamaStreamDecoder:
             return Chunk(text=text)
         return None
 
-    def end(self) -> Chunk | None:
-        """Nothing: the last chunk came with the done line."""
-        if not self.done:
-            raise ProviderFailure(f"{self.label} ended the stream before it finished")
-        return None
-
 
 class OllamaProvider(HttpProvider):
     provider = "ollama"
@@ -74,16 +60,14 @@ class OllamaProvider(HttpProvider):
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [{"role": turn.role, "content": turn.content} for turn in request.messages],
+            "messages": self.plain_messages(request),
             "stream": True,
         }
         options: dict[str, Any] = {}
-        max_tokens = request.max_tokens if request.max_tokens is not None else self.spec.max_tokens
+        max_tokens = self.max_tokens(request)
         if max_tokens is not None:
             options["num_predict"] = max_tokens
-        temperature = (
-            request.temperature if request.temperature is not None else self.spec.temperature
-        )
+        temperature = self.temperature(request)
         if temperature is not None:
             options["temperature"] = temperature
         if options:
@@ -91,11 +75,8 @@ class OllamaProvider(HttpProvider):
         return body
 
     def build_headers(self) -> dict[str, str]:
-        headers = {"accept": "application/x-ndjson"}
-        if self.spec.api_key:
-            # Ollama itself has no auth; proxies in front of it usually want a Bearer
-            headers["authorization"] = f"Bearer {self.spec.api_key}"
-        return headers
+        # Ollama itself has no auth; proxies in front of it usually want a Bearer
+        return self.bearer({"accept": "application/x-ndjson"})
 
     def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OllamaStreamDecoder(self.label)

@@ -11,7 +11,7 @@ import httpx
 from ..core.errors import ProviderFailure
 from ..core.ports import Chunk, CompletionRequest
 from ..core.records import Usage
-from .http import HttpProvider, decode_stream, loads_json, redact, sse_events
+from .http import HttpProvider, VendorDecoder, decode_stream, sse_events
 
 __all__ = ["OpenAIProvider", "OpenAIStreamDecoder", "map_finish_reason"]
 
@@ -28,8 +28,8 @@ def map_finish_reason(reason: str) -> str:
     return _FINISH_REASONS.get(reason, reason)
 
 
-class OpenAIStreamDecoder:
-    """Bytes-free state machine: one SSE ``data`` payload in, at most one chunk out.
+class OpenAIStreamDecoder(VendorDecoder):
+    """One SSE ``data`` payload in, at most one chunk out.
 
     Text chunks come as they arrive; usage and finish reason come together in
     one last chunk at ``[DONE]``. A stream that ends without ``[DONE]`` is cut,
@@ -38,12 +38,10 @@ class OpenAIStreamDecoder:
 
     vendor = "OpenAI"
 
-    __slots__ = ("done", "finish_reason", "label", "usage")
+    __slots__ = ("finish_reason", "usage")
 
     def __init__(self, label: str | None = None) -> None:
-        #: how messages name the upstream (a provider passes its model's name)
-        self.label = label or self.vendor
-        self.done = False
+        super().__init__(label)
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
@@ -53,12 +51,10 @@ class OpenAIStreamDecoder:
             return Chunk(usage=self.usage, finish_reason=self.finish_reason)
         if not data:
             return None
-        frame = loads_json(data, self.label)
-        if not isinstance(frame, dict):
-            raise ProviderFailure(f"{self.label} sent a malformed stream frame")
+        frame = self.frame(data)
         error = frame.get("error")
         if error is not None:
-            raise _stream_error(error, self.label)
+            raise self._stream_error(error)
         usage = frame.get("usage")
         if usage:
             self.usage = Usage(
@@ -87,19 +83,14 @@ class OpenAIStreamDecoder:
             return Chunk(usage=self.usage, finish_reason=self.finish_reason)
         raise ProviderFailure(f"{self.label} ended the stream before it finished")
 
-
-def _stream_error(error: Any, label: str) -> ProviderFailure:
-    if isinstance(error, dict):
-        kind = error.get("type") or error.get("code") or "error"
-        message = error.get("message") or ""
-    else:
-        kind, message = "error", str(error)
-    retryable = kind in ("server_error", "overloaded_error", "api_error")
-    return ProviderFailure(
-        f"{label} sent a stream error: {redact(str(kind))}"
-        + (f": {redact(str(message))}" if message else ""),
-        retryable=retryable,
-    )
+    def _stream_error(self, error: Any) -> ProviderFailure:
+        if isinstance(error, dict):
+            kind = error.get("type") or error.get("code") or "error"
+            message = error.get("message") or ""
+        else:
+            kind, message = "error", str(error)
+        retryable = kind in ("server_error", "overloaded_error", "api_error")
+        return self.stream_error(str(kind), str(message), retryable=retryable)
 
 
 class OpenAIProvider(HttpProvider):
@@ -110,25 +101,20 @@ class OpenAIProvider(HttpProvider):
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [{"role": turn.role, "content": turn.content} for turn in request.messages],
+            "messages": self.plain_messages(request),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        max_tokens = request.max_tokens if request.max_tokens is not None else self.spec.max_tokens
+        max_tokens = self.max_tokens(request)
         if max_tokens is not None:
             body[self.spec.max_tokens_param] = max_tokens
-        temperature = (
-            request.temperature if request.temperature is not None else self.spec.temperature
-        )
+        temperature = self.temperature(request)
         if temperature is not None:
             body["temperature"] = temperature
         return body
 
     def build_headers(self) -> dict[str, str]:
-        headers = {"accept": "text/event-stream"}
-        if self.spec.api_key:
-            headers["authorization"] = f"Bearer {self.spec.api_key}"
-        return headers
+        return self.bearer({"accept": "text/event-stream"})
 
     def decode(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = OpenAIStreamDecoder(self.label)
