@@ -31,6 +31,8 @@ from sanic_chat.core.events import (
 )
 from sanic_chat.core.ports import CancelListener, EventListener, Tail
 
+from .listeners import remove_listener
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MemoryBus"]
@@ -140,15 +142,7 @@ class MemoryBus:
         self._listeners.setdefault(conversation_id, []).append(listener)
 
         async def unsubscribe() -> None:
-            listeners = self._listeners.get(conversation_id)
-            if listeners is None:
-                return
-            try:
-                listeners.remove(listener)
-            except ValueError:
-                return
-            if not listeners:
-                del self._listeners[conversation_id]
+            remove_listener(self._listeners, conversation_id, listener)
 
         return unsubscribe
 
