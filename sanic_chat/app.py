@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +29,10 @@ from .core.settings import CoreSettings
 from .logging import bind_request
 from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
-from .providers.upstream import TransportFactory, upstream_transports
 from .runtime import tune_garbage_collector
 from .security import Security
+from .security.handshakes import install as install_handshake_limits
+from .security.handshakes import unparsed
 from .startup import (
     StartupError,
     prepare_sqlite,
@@ -129,14 +129,6 @@ def node_id_for(settings: Settings) -> str:
     return f"{base}/{worker}" if worker else base
 
 
-def providers_http(settings: Settings) -> TransportFactory:
-    """The providers' HTTP stack: ``SANIC_CHAT_UPSTREAM_HTTP``, except that with a
-    proxy in the environment it is httpx's own transport, the one that honours it."""
-    proxies = urllib.request.getproxies()
-    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
-    return upstream_transports(settings.upstream_http, proxied=proxied)
-
-
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
     settings = settings or Settings.from_env()
     app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
@@ -157,9 +149,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.ctx.node_id = node_id
     authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
-    catalog: ModelCatalog = load_catalog(
-        settings.models_path, dict(os.environ), transports=providers_http(settings)
-    )
+    catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
     app.ctx.catalog = catalog
     context = TransportContext(
         authenticate=authenticate,
@@ -172,6 +162,10 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     )
     app.ctx.transport_context = context
     security.install(app, context)  # the frame gate, connection hooks, POST /api/v1/tickets
+    # slowloris: a deadline for each request head, a cap on connections still sending one
+    install_handshake_limits(
+        app, timeout_s=settings.header_timeout_s, max_pending=settings.max_pending_handshakes
+    )
     install_error_handlers(app)
     for transport in settings.transports:
         module = importlib.import_module(f"sanic_chat.transports.{transport}")
@@ -274,6 +268,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         path = request.path
         if path == "/" or path.startswith(_PUBLIC_PREFIXES):
             return
+        if unparsed(request):
+            return  # answering an error from before the head was read (408, 413, 400)
         await security.identify(request)  # origin/host, user, connection slot
 
     @app.get("/")

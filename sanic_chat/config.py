@@ -119,9 +119,6 @@ class Settings:
     #: (``conversation.subscribe``, ``generation.resume``, ``generation.cancel``)
     frame_rate_limit: RateLimit | None = None
     transports: tuple[str, ...] = ("websocket", "sse")
-    #: the providers' HTTP stack: "pool" (ours) or "httpx" (httpx's own transport);
-    #: httpx's own whenever the environment names a proxy (providers/upstream.py)
-    upstream_http: str = "pool"
     checkpoint_interval_s: float = 1.0
     tail_ttl_s: float = 60.0
     lease_s: float = 15.0
@@ -150,6 +147,12 @@ class Settings:
     #: open WebSocket and SSE connections per process, whoever opens them
     max_connections: int = 10_000
     idle_timeout_s: float = 300.0
+    #: from a connection's start (or a kept-alive connection's next request) to
+    #: the end of its request head; later a 408 (security/handshakes.py)
+    header_timeout_s: float = 10.0
+    #: connections per process still sending their request head (None: 1,024, or a
+    #: quarter of the open-files limit if lower); past it the oldest is closed
+    max_pending_handshakes: int | None = None
     #: lifetime of a one-time ticket from POST /api/v1/tickets
     ticket_ttl_s: float = 60.0
     system_prompt: str | None = None
@@ -299,12 +302,6 @@ class Settings:
             raise ConfigError(
                 f"SANIC_CHAT_TRANSPORTS={','.join(transports)!r}: choose from {sorted(known)}"
             )
-        upstream_http = (get("UPSTREAM_HTTP", "pool") or "pool").strip().lower()
-        if upstream_http not in ("pool", "httpx"):
-            raise ConfigError(
-                f"SANIC_CHAT_UPSTREAM_HTTP={upstream_http!r}: use 'pool' (ours, the default) "
-                "or 'httpx' (httpx's own transport)"
-            )
         log_format = (get("LOG_FORMAT", "text") or "text").lower()
         if log_format not in ("text", "json"):
             raise ConfigError(f"SANIC_CHAT_LOG_FORMAT={log_format!r}: use 'text' or 'json'")
@@ -323,7 +320,6 @@ class Settings:
             rate_limit=rate_limit,
             frame_rate_limit=frame_rate_limit,
             transports=transports,
-            upstream_http=upstream_http,
             checkpoint_interval_s=number("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05),
             tail_ttl_s=number("TAIL_TTL_S", 60.0, minimum=0.1),
             lease_s=number("LEASE_S", 15.0, minimum=1.0),
@@ -346,6 +342,8 @@ class Settings:
             ),
             max_connections=integer("MAX_CONNECTIONS", 10_000),
             idle_timeout_s=number("IDLE_TIMEOUT_S", 300.0, minimum=1.0),
+            header_timeout_s=number("HEADER_TIMEOUT_S", 10.0, minimum=0.5),
+            max_pending_handshakes=integer("MAX_PENDING_HANDSHAKES", 0) or None,
             ticket_ttl_s=number("TICKET_TTL_S", 60.0, minimum=1.0),
             system_prompt=get("SYSTEM_PROMPT"),
             log_format=log_format,

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 
-__all__ = ["BATCHED_GC_THRESHOLD", "tune_garbage_collector"]
+__all__ = ["BATCHED_GC_THRESHOLD", "raise_open_files_limit", "tune_garbage_collector"]
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +50,32 @@ def tune_garbage_collector(threshold: tuple[int, int, int] | None = None) -> Non
     log.debug(
         "garbage collector: %d objects frozen, threshold %s", gc.get_freeze_count(), threshold
     )
+
+
+#: never ask for more descriptors than this, even when the hard limit is unlimited
+_MOST_OPEN_FILES = 1_048_576
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (where the
+    system allows) and return the soft limit now in force.
+
+    Every connection holds a descriptor, and a common default soft limit is
+    1,024: a thousand idle or half-open connections would then refuse everyone
+    else. Raising the soft limit needs no privilege; the hard limit is the
+    operator's (docs/deployment.md says how to set it).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:  # e.g. above a kernel-wide maximum
+            log.warning(
+                "open files: could not raise the limit from %d to %d: %s", soft, wanted, exc
+            )
+        else:
+            log.info("open files: soft limit raised from %d to %d", soft, wanted)
+            return wanted
+    log.debug("open files: soft limit %s (hard %s)", soft, hard)
+    return soft

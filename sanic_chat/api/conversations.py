@@ -11,6 +11,7 @@ from sanic.response import HTTPResponse, empty, json
 from sanic_ext import openapi
 
 from ..core.errors import BadRequest, NotFound, ValidationFailed
+from ..core.events import parse_whole_number
 from ..transports.base import TransportContext
 from .schemas import (
     Conversation,
@@ -32,11 +33,8 @@ def _limit(request: Request, default: int = 50) -> int:
     raw = request.args.get("limit")
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed("limit must be a whole number") from None
-    if not 1 <= value <= MAX_PAGE:
+    value = parse_whole_number(raw, "limit", maximum=MAX_PAGE)
+    if value < 1:
         raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}")
     return value
 

@@ -39,6 +39,7 @@ __all__ = [
     "decode_client_frame",
     "encode_event",
     "frame_from_object",
+    "parse_whole_number",
 ]
 
 # --------------------------------------------------------------------------- client
@@ -330,6 +331,28 @@ def _optional_str(obj: dict[str, Any], field: str, ref: str | None, max_len: int
     return value
 
 
+#: the largest offset: a JSON number JavaScript still holds exactly
+MAX_OFFSET = 2**53
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def parse_whole_number(raw: str, field: str, *, maximum: int = MAX_OFFSET) -> int:
+    """A whole number written as text (a query parameter, ``Last-Event-ID``):
+    ASCII digits only, at most ``maximum``, else :class:`ValidationFailed`.
+
+    The one parser for numbers that arrive as text. Python's ``int()`` alone
+    would take ``"٣"`` (any Unicode digit), ``" 3"``, ``"+3"`` and ``"1_0"``, and
+    raises a ``ValueError`` past 4,300 digits; the length is checked before any
+    conversion, so the work done is bounded whatever the input.
+    """
+    if not raw or len(raw) > len(str(maximum)) or not _ASCII_DIGITS.issuperset(raw):
+        raise ValidationFailed(f"{field} must be a whole number of at most {maximum}")
+    value = int(raw)
+    if value > maximum:
+        raise ValidationFailed(f"{field} must be a whole number of at most {maximum}")
+    return value
+
+
 def _offset(obj: dict[str, Any], ref: str | None, *, required: bool) -> int | None:
     value = obj.get("offset")
     if value is None:
@@ -337,7 +360,7 @@ def _offset(obj: dict[str, Any], ref: str | None, *, required: bool) -> int | No
             raise ValidationFailed("offset is required", ref=ref)
         return None
     # bool is an int in Python; a JSON true is not an offset
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 2**53:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > MAX_OFFSET:
         raise ValidationFailed("offset must be a non-negative integer", ref=ref)
     return value
 

@@ -36,6 +36,7 @@ from ..core.events import (
     ServerEvent,
     encode_event,
     frame_from_object,
+    parse_whole_number,
 )
 from ..core.outbox import Outbox, SlowConsumer
 from ..core.session import ChatSession
@@ -211,9 +212,7 @@ def _offset_arg(request: Request) -> int | None:
     raw = request.args.get("offset")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise ValidationFailed("offset must be a non-negative integer")
-    return int(raw)
+    return parse_whole_number(raw, "offset")
 
 
 def parse_last_event_id(request: Request) -> tuple[str, int] | None:
@@ -224,9 +223,9 @@ def parse_last_event_id(request: Request) -> tuple[str, int] | None:
     if not raw:
         return None
     generation_id, sep, offset = raw.rpartition(":")
-    if not sep or not offset.isdigit() or len(generation_id) > 64 or len(offset) > 16:
+    if not sep or len(generation_id) > 64:
         raise ValidationFailed("Last-Event-ID must be {generation_id}:{offset}")
-    return generation_id, int(offset)
+    return generation_id, parse_whole_number(offset, "the offset in Last-Event-ID")
 
 
 def encode_sse(event: ServerEvent) -> bytes:

@@ -21,7 +21,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
 from ..api.docs import describe_websocket
-from ..core.errors import ChatError
+from ..core.errors import BadRequest, ChatError
 from ..core.events import ErrorEvent, encode_event
 from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
 from .base import TransportContext
@@ -39,30 +39,11 @@ REFUSED = 1008
 _CLOSE_TIMEOUT_S = 10.0
 #: at shutdown, how long writers may take to send what is still queued
 _FLUSH_TIMEOUT_S = 2.0
-#: what websockets logs at INFO, through Sanic's ``sanic.websockets`` logger, as each
-#: connection opens and closes
-_PER_CONNECTION_LINES = frozenset({"connection open", "connection closed"})
-
-
-class _PerConnectionAtDebug(logging.Filter):
-    """A line per connection is detail (thousands in a burst when many clients come or go
-    together): it becomes DEBUG, shown when ``SANIC_CHAT_LOG_LEVEL=DEBUG``. The logger's
-    warnings and errors pass as they are."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or not isinstance(record.msg, str):
-            return True
-        if record.msg not in _PER_CONNECTION_LINES:
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return log.isEnabledFor(logging.DEBUG)
-
-
-_PER_CONNECTION_AT_DEBUG = _PerConnectionAtDebug()
+#: the answer to a binary frame (docs/protocol.md: text frames only)
+_BINARY = BadRequest("binary frames are not accepted: send each frame as JSON text")
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
-    logging.getLogger("sanic.websockets").addFilter(_PER_CONNECTION_AT_DEBUG)  # once: same filter
     #: open sockets with their outbox and writer, told to go away at shutdown
     sockets: dict[WebsocketImplProtocol, tuple[Outbox, asyncio.Task[None]]] = {}
 
@@ -93,6 +74,11 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
                         break
                     continue
                 activity.last = time.monotonic()
+                if isinstance(raw, bytes):
+                    # the contract is text frames only: refused like any bad frame
+                    # (an ``error`` frame; the connection stays open)
+                    session.outbox.push(ErrorEvent(_BINARY.code, _BINARY.message))
+                    continue
                 await session.receive(raw)
         except (ConnectionClosed, WebsocketClosed):
             pass

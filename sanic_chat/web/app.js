@@ -170,12 +170,36 @@ function updateEmpty() {
 function updateTitle() {
   const conversation = view.conversationId && view.conversations.get(view.conversationId);
   const title = view.conversationId ? titleOf(conversation) : "New chat";
+  ui.title.dir = "auto";
   ui.title.textContent = title;
-  document.title = view.conversationId ? `${title} · sanic-chat` : "sanic-chat";
+  document.title = view.conversationId ? `${isolated(title)} · sanic-chat` : "sanic-chat";
 }
 
 function titleOf(conversation) {
-  return (conversation && conversation.title) || "Untitled chat";
+  return shownName((conversation && conversation.title) || "") || "Untitled chat";
+}
+
+/**
+ * A title or name as shown: without the explicit bidi controls (embeddings,
+ * overrides, isolates), with which "\u202Egnp.exe" would read "exe.png". The
+ * stored text is unchanged. Elements showing one also isolate it (`dir="auto"`,
+ * `unicode-bidi: isolate`) so that right-to-left text cannot reorder what is
+ * beside it.
+ * @param {string} text
+ * @returns {string}
+ */
+function shownName(text) {
+  return text.replace(/[\u202A-\u202E\u2066-\u2069]/g, "");
+}
+
+/**
+ * `text` for plain-text places (the tab title, dialogs, labels), which have no
+ * element to isolate it: first strong isolate ... pop directional isolate.
+ * @param {string} text
+ * @returns {string}
+ */
+function isolated(text) {
+  return `\u2068${text}\u2069`;
 }
 
 async function loadOlder() {
@@ -760,6 +784,7 @@ function conversationItem(conversation) {
   link.href = `#/c/${conversation.id}`;
   const title = document.createElement("span");
   title.className = "conv-title";
+  title.dir = "auto";
   title.textContent = titleOf(conversation);
   const when = document.createElement("span");
   when.className = "conv-when muted small";
@@ -769,7 +794,7 @@ function conversationItem(conversation) {
   const remove = document.createElement("button");
   remove.type = "button";
   remove.className = "icon-button conv-delete";
-  remove.setAttribute("aria-label", `Delete “${titleOf(conversation)}”`);
+  remove.setAttribute("aria-label", `Delete “${isolated(titleOf(conversation))}”`);
   remove.append(trashIcon());
   remove.addEventListener("click", () => removeConversation(conversation.id));
   li.append(link, remove);
@@ -808,7 +833,7 @@ function forgetConversation(id) {
 
 async function removeConversation(id) {
   const title = titleOf(view.conversations.get(id));
-  if (!confirm(`Delete “${title}”? This cannot be undone.`)) return;
+  if (!confirm(`Delete “${isolated(title)}”? This cannot be undone.`)) return;
   try {
     await client.deleteConversation(id);
   } catch (error) {
@@ -894,7 +919,8 @@ async function loadModels() {
       ...view.models.map((m) => {
         const option = document.createElement("option");
         option.value = m.name;
-        option.textContent = m.name === answer.default ? `${m.name} (default)` : m.name;
+        const name = isolated(shownName(m.name));
+        option.textContent = m.name === answer.default ? `${name} (default)` : name;
         option.title = `${m.provider} · ${m.model}`;
         return option;
       })

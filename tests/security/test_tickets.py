@@ -70,7 +70,9 @@ async def test_an_expired_ticket_is_refused(jwt_server: RunningServer) -> None:
 )
 async def test_made_up_tickets_are_refused(jwt_server: RunningServer, ticket: str) -> None:
     status, _ = await refused_upgrade(jwt_server, query=f"ticket={ticket}")
-    assert status == 401
+    # a raw space ends the request target: the request line is malformed, refused
+    # before there is anything to authenticate
+    assert status == (400 if " " in ticket else 401)
 
 
 def test_a_ticket_is_not_a_credential_for_the_rest_of_the_api(jwt_server: RunningServer) -> None:
