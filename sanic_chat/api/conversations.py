@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,9 +11,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 from sanic_ext import openapi
 
+from ..core.doors import ConversationDirectory
 from ..core.errors import BadRequest, NotFound, ValidationFailed
 from ..core.events import parse_whole_number
-from ..transports.base import TransportContext
 from .schemas import (
     Conversation,
     ConversationCreate,
@@ -62,7 +63,8 @@ def _optional_text(body: dict[str, Any], field: str, max_len: int) -> str | None
     return value
 
 
-def conversations_blueprint(context: TransportContext) -> Blueprint:
+def conversations_blueprint(directory: Callable[[], ConversationDirectory]) -> Blueprint:
+    """``directory`` gives the core's door for REST (there once the server started)."""
     bp = Blueprint("conversations", url_prefix="/api/v1/conversations")
 
     @bp.post("/")
@@ -77,10 +79,10 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
     async def create(request: Request) -> HTTPResponse:
         body = _body(request)
         model = _optional_text(body, "model", 200)
-        if model is not None:
-            context.service.models.get(model)  # unknown model -> validation_error
-        conversation = await context.service.store.create_conversation(
-            request.ctx.user, title=_optional_text(body, "title", 500), model=model
+        title = _optional_text(body, "title", 500)
+        # an unknown model -> validation_error
+        conversation = await directory().create_conversation(
+            request.ctx.user, title=title, model=model
         )
         return json(conversation.to_wire(), status=201)
 
@@ -101,9 +103,7 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
                 before = datetime.fromisoformat(before_raw.replace("Z", "+00:00"))
             except ValueError:
                 raise ValidationFailed("before must be an RFC 3339 time") from None
-        items = await context.service.store.list_conversations(
-            request.ctx.user, limit=limit, before=before
-        )
+        items = await directory().list_conversations(request.ctx.user, limit=limit, before=before)
         next_before = items[-1].to_wire()["updated_at"] if len(items) == limit else None
         return json({"items": [c.to_wire() for c in items], "next_before": next_before})
 
@@ -112,9 +112,7 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
     @errors(404)
     @json_response(200, Conversation, "the conversation")
     async def get(request: Request, conversation_id: Any) -> HTTPResponse:
-        conversation = await context.service.store.get_conversation(
-            request.ctx.user, str(conversation_id)
-        )
+        conversation = await directory().get_conversation(request.ctx.user, str(conversation_id))
         if conversation is None:
             raise NotFound("no such conversation")
         return json(conversation.to_wire())
@@ -124,11 +122,8 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
     @errors(404)
     @no_content(204, "deleted, with its messages")
     async def delete(request: Request, conversation_id: Any) -> HTTPResponse:
-        user = request.ctx.user
-        if await context.service.store.get_conversation(user, str(conversation_id)) is None:
-            raise NotFound("no such conversation")
-        await context.service.cancel_conversation(user, str(conversation_id))
-        if not await context.service.store.delete_conversation(user, str(conversation_id)):
+        # its running replies are stopped first
+        if not await directory().delete_conversation(request.ctx.user, str(conversation_id)):
             raise NotFound("no such conversation")
         return empty(status=204)
 
@@ -145,7 +140,7 @@ def conversations_blueprint(context: TransportContext) -> Blueprint:
     async def messages(request: Request, conversation_id: Any) -> HTTPResponse:
         limit = _limit(request)
         before = request.args.get("before") or None
-        items = await context.service.store.list_messages(
+        items = await directory().list_messages(
             request.ctx.user, str(conversation_id), limit=limit, before=before
         )
         if items is None:

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 
-from ..core.errors import failure_cause
+from ..core.doors import Readiness as CoreReadiness
 from ..transports.base import TransportContext
 from .schemas import Health, ModelList, Readiness, json_response
 
 __all__ = ["operations_blueprint"]
 
-#: a readiness probe answers within this long, reachable or not
-_PROBE_TIMEOUT_S = 2.0
-
 
 def operations_blueprint(
-    context: TransportContext, describe_models: Callable[[], list[dict[str, Any]]]
+    context: TransportContext,
+    describe_models: Callable[[], list[dict[str, Any]]],
+    core: Callable[[], CoreReadiness],
 ) -> Blueprint:
+    """``core`` gives the core's door for operations (there once the server started)."""
     bp = Blueprint("operations")
     metrics = context.metrics
 
@@ -34,13 +34,13 @@ def operations_blueprint(
         # the limits let a client refuse a message before sending it, rather
         # than learn them from a refusal (a 1009 close ends the connection)
         limits = {
-            "max_content_chars": context.service.settings.max_content_chars,
+            "max_content_chars": core().max_content_chars,
             "max_frame_bytes": context.max_frame_bytes,
             "max_body_bytes": request.app.config.REQUEST_MAX_SIZE,
         }
         return json(
             {
-                "default": context.service.models.default,
+                "default": core().default_model,
                 "items": describe_models(),
                 "limits": limits,
             }
@@ -57,15 +57,9 @@ def operations_blueprint(
     @json_response(200, Readiness, "ready")
     @json_response(503, Readiness, "not ready: the checks say why")
     async def readyz(request: Request) -> HTTPResponse:
-        service = context.service
-        names = ("database", "bus")
-        results = await asyncio.gather(
-            *(_probe(ping) for ping in (service.store.ping, service.bus.ping))
-        )
-        checks = dict(zip(names, results, strict=True))
-        # draining: a load balancer stops sending new clients here, while the
-        # replies still running finish on the connections they have
-        checks["server"] = "ok" if service.accepting else "draining"
+        # database, bus and server (draining: a load balancer stops sending new
+        # clients here, while the replies still running finish where they are)
+        checks = await core().probe()
         ready = all(v == "ok" for v in checks.values())
         return json(
             {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -76,7 +70,7 @@ def operations_blueprint(
     @bp.get("/metrics")
     @openapi.exclude()
     async def metrics_(request: Request) -> HTTPResponse:
-        metrics.running_replies.set(len(context.service.running))
+        metrics.running_replies.set(core().running_count)
         return raw(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     refresher: list[asyncio.Task[None]] = []
@@ -85,7 +79,7 @@ def operations_blueprint(
     async def start_gauges(app: Any) -> None:
         if metrics.multiprocess_dir is not None:
             # a scrape reaches one worker; the others keep their gauge current
-            refresher.append(asyncio.create_task(_refresh_running(context)))
+            refresher.append(asyncio.create_task(_refresh_running(context, core)))
 
     @bp.after_server_stop
     async def stop_gauges(app: Any) -> None:
@@ -99,17 +93,7 @@ def operations_blueprint(
     return bp
 
 
-async def _probe(ping: Callable[[], Awaitable[None]]) -> str:
-    try:
-        await asyncio.wait_for(ping(), _PROBE_TIMEOUT_S)
-    except Exception as exc:
-        # the cause an operator can act on ("connection refused (10.0.0.5:5432)"), never
-        # a password; TimeoutError: no answer within the probe's time
-        return f"unreachable: {failure_cause(exc)}"
-    return "ok"
-
-
-async def _refresh_running(context: TransportContext) -> None:
+async def _refresh_running(context: TransportContext, core: Callable[[], CoreReadiness]) -> None:
     while True:
-        context.metrics.running_replies.set(len(context.service.running))
+        context.metrics.running_replies.set(core().running_count)
         await asyncio.sleep(1.0)

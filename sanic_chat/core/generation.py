@@ -33,9 +33,9 @@ from .events import (
     GenerationCompleted,
     GenerationDelta,
     GenerationFailed,
-    GenerationStarted,
     TerminalEvent,
 )
+from .offsets import started_event
 from .ports import Bus, CompletionRequest, MessageStore, Provider
 from .records import ErrorInfo, Message, Status, Usage, utcnow
 
@@ -311,16 +311,7 @@ class Generation:
                 # miss the catch-up delta
                 await self._bus.ping()
             if not self._started_published:
-                await self._bus.publish(
-                    self.conversation_id,
-                    GenerationStarted(
-                        self.id,
-                        self.conversation_id,
-                        self.id,
-                        self.reply.reply_to,
-                        self.reply.model,
-                    ),
-                )
+                await self._bus.publish(self.conversation_id, started_event(self.reply))
                 self._started_published = True
             if self._published < self.length:
                 length = self.length

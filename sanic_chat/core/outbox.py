@@ -46,15 +46,11 @@ from .events import (
     MessageAccepted,
     ServerEvent,
 )
+from .offsets import text_beyond
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HeldListener", "Outbox", "SlowConsumer"]
-
-#: WebSocket close code for a consumer that fell too far behind. 4000-4999 is
-#: the application range; clients reconnect and resume by offset.
-SLOW_CONSUMER_CLOSE_CODE = 4008
-
 
 #: how many ended generations (and accepted messages) one outbox remembers.
 #: Small on purpose: a connection reaches the bound after this many replies,
@@ -66,7 +62,9 @@ _REMEMBERED_STARTS = 4 * REMEMBERED_REPLIES
 
 
 class SlowConsumer(Exception):
-    """The consumer fell further behind than the outbox may hold."""
+    """The consumer fell further behind than the outbox may hold: the transport
+    drops the connection in its own way (WebSocket: a resumable close code, SSE:
+    the stream ends), and the client resumes by offset."""
 
 
 class HeldListener:
@@ -251,16 +249,15 @@ class Outbox:
         upto = self._delivered_upto.get(gid)
         offset, text = delta.offset, delta.text
         if upto is not None:
-            end = offset + len(text)
-            if end <= upto:
-                return
-            if offset < upto:
-                text = text[upto - offset :]
-                offset = upto
-            elif offset > upto:
+            new = text_beyond(upto, offset, text)
+            if new is None:
                 # a gap: something upstream lost text. Pass it on -- the client
                 # sees the jump in offsets and resumes -- but make it loud.
                 log.warning("offset gap in generation %s: have %d, got %d", gid, upto, offset)
+            elif not new:
+                return
+            else:
+                text, offset = new, upto
         self._delivered_upto[gid] = offset + len(text)
         if replay:
             self._replayed[gid] = self._replayed.get(gid, 0) + len(text)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .errors import ChatError, InternalError, NotFound
+from .errors import ChatError, Conflict, InternalError, NotFound
 from .events import (
     ClientFrame,
     ConversationSubscribe,
@@ -21,14 +22,19 @@ from .events import (
     ErrorEvent,
     GenerationCancel,
     GenerationResume,
+    MessageAccepted,
     MessageCreate,
     Ping,
     Pong,
     decode_client_frame,
+    frame_from_object,
 )
 from .outbox import HeldListener, Outbox
-from .ports import EventListener, new_conversation_id
-from .service import ChatService
+from .ports import EventListener, Posted, new_conversation_id
+from .records import Message
+
+if TYPE_CHECKING:
+    from .service import ChatService
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,7 @@ class ChatSession:
         """Decode and run one raw frame; any refusal becomes an ``error`` event."""
         frame: ClientFrame | None = None
         try:
-            frame = decode_client_frame(
-                raw, max_content_chars=self.service.settings.max_content_chars
-            )
+            frame = decode_client_frame(raw, max_content_chars=self.service.max_content_chars)
             await self.handle(frame)
         except ChatError as exc:
             self.outbox.push(ErrorEvent(exc.code, exc.message, exc.ref or _ref_of(frame)))
@@ -94,29 +98,61 @@ class ChatSession:
         elif isinstance(frame, Ping):
             self.outbox.push(Pong())
 
+    async def post(self, fields: Mapping[str, Any]) -> tuple[Posted, MessageAccepted]:
+        """A ``message.create`` that does not come as a frame (an HTTP POST):
+        ``fields`` validated once (the decoder), gated once, posted; refusals
+        raise. The answer is returned, not queued, and nothing is subscribed:
+        the client follows the reply on a stream of its own."""
+        frame = frame_from_object(
+            {**fields, "type": "message.create"},
+            max_content_chars=self.service.max_content_chars,
+        )
+        assert isinstance(frame, MessageCreate)
+        if self._gate is not None:
+            await self._gate(self.user, frame)
+        return await self.service.post(self.user, frame)
+
+    async def cancel(self, frame: GenerationCancel) -> Message:
+        """A ``generation.cancel`` that does not come as a frame (an HTTP POST):
+        gated once, run; answers with the reply as stored."""
+        if self._gate is not None:
+            await self._gate(self.user, frame)
+        return await self.service.cancel(self.user, frame.generation_id)
+
     async def _create(self, frame: MessageCreate) -> None:
         # Subscribe BEFORE posting, so that no event of the new reply can be
         # published before this connection listens.
         conversation_id = frame.conversation_id
+        held: HeldListener | None = None
         if conversation_id is None:
             # a new conversation's id is derived from (user, client_id): it is
             # this user's by construction, and a resend finds the same one
             conversation_id = new_conversation_id(self.user, frame.client_id)
         elif conversation_id not in self._subscriptions:
-            # never listen to a conversation before its ownership is checked
-            # (a conversation already subscribed was checked then)
-            if await self.service.store.get_conversation(self.user, conversation_id) is None:
-                raise NotFound("no such conversation", ref=frame.client_id)
+            # Ownership is checked by the post itself, in the round trip that
+            # stores the message (NotFound for a missing or foreign
+            # conversation). Until it answered, what this subscription hears
+            # is held, and dropped unheard if the post is refused: a
+            # connection never receives events of a conversation whose
+            # ownership is not checked. (One already subscribed was checked.)
+            held = HeldListener(self.outbox.push)
         newly_subscribed = conversation_id not in self._subscriptions
-        await self._ensure_subscribed(conversation_id)
+        await self._ensure_subscribed(conversation_id, held.hear if held is not None else None)
         try:
             posted, accepted = await self.service.post(self.user, frame)
-        except BaseException:
-            if newly_subscribed and frame.conversation_id is None:
+        except BaseException as exc:
+            # kept only where the refusal proves ownership: a reply already
+            # running in the conversation (the store checks ownership first)
+            owned = held is not None and isinstance(exc, Conflict)
+            if newly_subscribed and not owned:
                 unsubscribe = self._subscriptions.pop(conversation_id, None)
                 if unsubscribe is not None:
                     await unsubscribe()
+            elif held is not None:
+                held.release()
             raise
+        if held is not None:
+            held.release()
         if posted.created:
             self.outbox.push(accepted)  # deduplicated against the bus's copy
         else:
@@ -124,7 +160,7 @@ class ChatSession:
 
     async def _subscribe(self, frame: ConversationSubscribe) -> None:
         conversation_id = frame.conversation_id
-        if await self.service.store.get_conversation(self.user, conversation_id) is None:
+        if await self.service.get_conversation(self.user, conversation_id) is None:
             raise NotFound("no such conversation", ref=conversation_id)
         if frame.generation_id is None:
             await self._ensure_subscribed(conversation_id)
@@ -156,7 +192,7 @@ class ChatSession:
     ) -> None:
         if conversation_id in self._subscriptions:
             return
-        self._subscriptions[conversation_id] = await self.service.bus.subscribe(
+        self._subscriptions[conversation_id] = await self.service.subscribe(
             conversation_id, listener or self.outbox.push
         )
 

@@ -26,3 +26,7 @@ class CoreSettings:
     outbox_max_frames: int = 10_000
     #: how long a finished reply waits for a database that is down before giving up
     finish_retry_s: float = 300.0
+    #: writers let flowing text gather this long once ``coalesce_above``
+    #: replies run in this process, longer the more run (see core.load)
+    coalesce_s: float = 0.04
+    coalesce_above: int = 32

@@ -32,7 +32,6 @@ from ..core.events import (
     ConversationSubscribe,
     GenerationCancel,
     GenerationResume,
-    MessageCreate,
     ServerEvent,
     encode_event,
     frame_from_object,
@@ -79,16 +78,13 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
-        frame = frame_from_object(
-            {**body, "type": "message.create", "conversation_id": str(conversation_id)},
-            max_content_chars=context.service.settings.max_content_chars,
-        )
-        assert isinstance(frame, MessageCreate)
-        user: str = request.ctx.user
-        if context.gate is not None:
-            await context.gate(user, frame)
-        # NotFound for a missing or foreign conversation, Conflict while a reply runs
-        posted, accepted = await context.service.post(user, frame)
+        # the session validates, gates and posts, as for a WebSocket frame: NotFound
+        # for a missing or foreign conversation, Conflict while a reply runs
+        session = context.open_session(request.ctx.user)
+        try:
+            posted, accepted = await session.post({**body, "conversation_id": str(conversation_id)})
+        finally:
+            await session.close()
         return json(
             {
                 "message": accepted.message.to_wire(),
@@ -160,7 +156,11 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
             {"type": "generation.cancel", "generation_id": str(generation_id)}
         )
         assert isinstance(frame, GenerationCancel)
-        message = await context.service.cancel(request.ctx.user, frame.generation_id)
+        session = context.open_session(request.ctx.user)
+        try:
+            message = await session.cancel(frame)  # gated like a WebSocket frame
+        finally:
+            await session.close()
         return json({"generation_id": frame.generation_id, "status": message.status}, status=202)
 
     async def end_streams(app: Sanic[Any, Any]) -> None:
@@ -284,7 +284,7 @@ async def _stream(
         await response.send(OPENING)
         ended = False
         while not ended:
-            events = await outbox.get_batch(context.linger_s(), timeout_s=context.heartbeat_s)
+            events = await outbox.get_batch(context.chat.linger_s(), timeout_s=context.heartbeat_s)
             if events is None:
                 break
             if not events:
