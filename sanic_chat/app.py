@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .core.settings import CoreSettings
 from .logging import bind_request
 from .metrics import Metrics, watch_event_loop_lag
 from .providers.catalog import ModelCatalog, load_catalog
+from .providers.upstream import TransportFactory, upstream_transports
 from .runtime import tune_garbage_collector
 from .security import Security
 from .security.handshakes import install as install_handshake_limits
@@ -129,6 +131,14 @@ def node_id_for(settings: Settings) -> str:
     return f"{base}/{worker}" if worker else base
 
 
+def providers_http(settings: Settings) -> TransportFactory:
+    """The providers' HTTP stack: ``SANIC_CHAT_UPSTREAM_HTTP``, except that with a
+    proxy in the environment it is httpx's own transport, the one that honours it."""
+    proxies = urllib.request.getproxies()
+    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+    return upstream_transports(settings.upstream_http, proxied=proxied)
+
+
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
     settings = settings or Settings.from_env()
     app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
@@ -149,12 +159,16 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.ctx.node_id = node_id
     authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
-    catalog: ModelCatalog = load_catalog(settings.models_path, dict(os.environ))
+    catalog: ModelCatalog = load_catalog(
+        settings.models_path, dict(os.environ), transports=providers_http(settings)
+    )
     app.ctx.catalog = catalog
     context = TransportContext(
         authenticate=authenticate,
         metrics=metrics,
         heartbeat_s=settings.heartbeat_s,
+        coalesce_s=settings.coalesce_ms / 1000,
+        coalesce_above=settings.coalesce_above,
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
     )
@@ -168,9 +182,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     for transport in settings.transports:
         module = importlib.import_module(f"sanic_chat.transports.{transport}")
         module.register(app, context)
-    # REST and operations reach the core through their doors, there once it started
-    app.blueprint(conversations_blueprint(lambda: app.ctx.service))
-    app.blueprint(operations_blueprint(context, catalog.describe, lambda: app.ctx.service))
+    app.blueprint(conversations_blueprint(context))
+    app.blueprint(operations_blueprint(context, catalog.describe))
 
     @app.before_server_start
     async def open_everything(app: Sanic[Any, Any]) -> None:
@@ -202,8 +215,6 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 max_content_chars=settings.max_content_chars,
                 outbox_max_chars=settings.outbox_max_chars,
                 outbox_max_frames=settings.outbox_max_frames,
-                coalesce_s=settings.coalesce_ms / 1000,
-                coalesce_above=settings.coalesce_above,
             ),
             hooks=hooks,
             # the embedded default (SQLite + in-memory bus) is one process by
@@ -213,9 +224,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             max_running_replies_per_user=settings.max_running_replies_per_user,
         )
         await service.start()
-        app.ctx.store, app.ctx.bus = store, bus  # built here, closed here
         app.ctx.service = service
-        context.chat = service
+        context.service = service
         tune_garbage_collector(settings.gc_threshold)
         app.ctx.loop_lag = asyncio.get_running_loop().create_task(
             watch_event_loop_lag(metrics), name="event-loop-lag"
@@ -242,9 +252,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         service: ChatService | None = getattr(app.ctx, "service", None)
         if service is None:
             return
-        await service.close()  # what the core runs; then the adapters built above
-        await app.ctx.bus.close()
-        await app.ctx.store.close()
+        await service.close()
+        await service.bus.close()
+        await service.store.close()
         await app.ctx.catalog.aclose()
 
     @app.on_request

@@ -119,6 +119,9 @@ class Settings:
     #: (``conversation.subscribe``, ``generation.resume``, ``generation.cancel``)
     frame_rate_limit: RateLimit | None = None
     transports: tuple[str, ...] = ("websocket", "sse")
+    #: the providers' HTTP stack: "pool" (ours) or "httpx" (httpx's own transport);
+    #: httpx's own whenever the environment names a proxy (providers/upstream.py)
+    upstream_http: str = "pool"
     checkpoint_interval_s: float = 1.0
     tail_ttl_s: float = 60.0
     lease_s: float = 15.0
@@ -302,6 +305,12 @@ class Settings:
             raise ConfigError(
                 f"SANIC_CHAT_TRANSPORTS={','.join(transports)!r}: choose from {sorted(known)}"
             )
+        upstream_http = (get("UPSTREAM_HTTP", "pool") or "pool").strip().lower()
+        if upstream_http not in ("pool", "httpx"):
+            raise ConfigError(
+                f"SANIC_CHAT_UPSTREAM_HTTP={upstream_http!r}: use 'pool' (ours, the default) "
+                "or 'httpx' (httpx's own transport)"
+            )
         log_format = (get("LOG_FORMAT", "text") or "text").lower()
         if log_format not in ("text", "json"):
             raise ConfigError(f"SANIC_CHAT_LOG_FORMAT={log_format!r}: use 'text' or 'json'")
@@ -320,6 +329,7 @@ class Settings:
             rate_limit=rate_limit,
             frame_rate_limit=frame_rate_limit,
             transports=transports,
+            upstream_http=upstream_http,
             checkpoint_interval_s=number("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05),
             tail_ttl_s=number("TAIL_TTL_S", 60.0, minimum=0.1),
             lease_s=number("LEASE_S", 15.0, minimum=1.0),

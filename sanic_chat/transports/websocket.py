@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from ..api.docs import describe_websocket
 from ..core.errors import BadRequest, ChatError
 from ..core.events import ErrorEvent, encode_event
-from ..core.outbox import Outbox, SlowConsumer
+from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
 from .base import TransportContext
 from .ws_receive import receive_message
 
@@ -35,18 +35,36 @@ __all__ = ["GOING_AWAY", "REFUSED", "SLOW_CONSUMER_CLOSE_CODE", "register"]
 GOING_AWAY = 1001
 #: close code when the connection itself is refused (e.g. too many connections)
 REFUSED = 1008
-#: close code for a reader the core dropped as too far behind (SlowConsumer). 4000-4999
-#: is the application range; clients reconnect and resume by offset.
-SLOW_CONSUMER_CLOSE_CODE = 4008
 #: how long a closing handshake may wait for a reader that does not read
 _CLOSE_TIMEOUT_S = 10.0
 #: at shutdown, how long writers may take to send what is still queued
 _FLUSH_TIMEOUT_S = 2.0
 #: the answer to a binary frame (docs/protocol.md: text frames only)
 _BINARY = BadRequest("binary frames are not accepted: send each frame as JSON text")
+#: what websockets logs at INFO, through Sanic's ``sanic.websockets`` logger, as each
+#: connection opens and closes
+_PER_CONNECTION_LINES = frozenset({"connection open", "connection closed"})
+
+
+class _PerConnectionAtDebug(logging.Filter):
+    """A line per connection is detail (thousands in a burst when many clients come or go
+    together): it becomes DEBUG, shown when ``SANIC_CHAT_LOG_LEVEL=DEBUG``. The logger's
+    warnings and errors pass as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not isinstance(record.msg, str):
+            return True
+        if record.msg not in _PER_CONNECTION_LINES:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_PER_CONNECTION_AT_DEBUG = _PerConnectionAtDebug()
 
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
+    logging.getLogger("sanic.websockets").addFilter(_PER_CONNECTION_AT_DEBUG)  # once: same filter
     #: open sockets with their outbox and writer, told to go away at shutdown
     sockets: dict[WebsocketImplProtocol, tuple[Outbox, asyncio.Task[None]]] = {}
 
@@ -134,7 +152,7 @@ async def _pump(
     outbox: Outbox, ws: WebsocketImplProtocol, context: TransportContext, activity: _Activity
 ) -> None:
     try:
-        while (batch := await outbox.get_batch(context.chat.linger_s())) is not None:
+        while (batch := await outbox.get_batch(context.linger_s())) is not None:
             for event in batch:
                 if isinstance(event, ErrorEvent):
                     context.metrics.frames_refused.labels(event.code).inc()
