@@ -167,8 +167,6 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         authenticate=authenticate,
         metrics=metrics,
         heartbeat_s=settings.heartbeat_s,
-        coalesce_s=settings.coalesce_ms / 1000,
-        coalesce_above=settings.coalesce_above,
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
     )
@@ -182,8 +180,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     for transport in settings.transports:
         module = importlib.import_module(f"sanic_chat.transports.{transport}")
         module.register(app, context)
-    app.blueprint(conversations_blueprint(context))
-    app.blueprint(operations_blueprint(context, catalog.describe))
+    # REST and operations reach the core through their doors, there once it started
+    app.blueprint(conversations_blueprint(lambda: app.ctx.service))
+    app.blueprint(operations_blueprint(context, catalog.describe, lambda: app.ctx.service))
 
     @app.before_server_start
     async def open_everything(app: Sanic[Any, Any]) -> None:
@@ -215,6 +214,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 max_content_chars=settings.max_content_chars,
                 outbox_max_chars=settings.outbox_max_chars,
                 outbox_max_frames=settings.outbox_max_frames,
+                coalesce_s=settings.coalesce_ms / 1000,
+                coalesce_above=settings.coalesce_above,
             ),
             hooks=hooks,
             # the embedded default (SQLite + in-memory bus) is one process by
@@ -224,8 +225,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             max_running_replies_per_user=settings.max_running_replies_per_user,
         )
         await service.start()
+        app.ctx.store, app.ctx.bus = store, bus  # built here, closed here
         app.ctx.service = service
-        context.service = service
+        context.chat = service
         tune_garbage_collector(settings.gc_threshold)
         app.ctx.loop_lag = asyncio.get_running_loop().create_task(
             watch_event_loop_lag(metrics), name="event-loop-lag"
@@ -252,9 +254,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         service: ChatService | None = getattr(app.ctx, "service", None)
         if service is None:
             return
-        await service.close()
-        await service.bus.close()
-        await service.store.close()
+        await service.close()  # what the core runs; then the adapters built above
+        await app.ctx.bus.close()
+        await app.ctx.store.close()
         await app.ctx.catalog.aclose()
 
     @app.on_request

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from ..api.docs import describe_websocket
 from ..core.errors import BadRequest, ChatError
 from ..core.events import ErrorEvent, encode_event
-from ..core.outbox import SLOW_CONSUMER_CLOSE_CODE, Outbox, SlowConsumer
+from ..core.outbox import Outbox, SlowConsumer
 from .base import TransportContext
 from .ws_receive import receive_message
 
@@ -35,6 +35,9 @@ __all__ = ["GOING_AWAY", "REFUSED", "SLOW_CONSUMER_CLOSE_CODE", "register"]
 GOING_AWAY = 1001
 #: close code when the connection itself is refused (e.g. too many connections)
 REFUSED = 1008
+#: close code for a reader the core dropped as too far behind (SlowConsumer). 4000-4999
+#: is the application range; clients reconnect and resume by offset.
+SLOW_CONSUMER_CLOSE_CODE = 4008
 #: how long a closing handshake may wait for a reader that does not read
 _CLOSE_TIMEOUT_S = 10.0
 #: at shutdown, how long writers may take to send what is still queued
@@ -152,7 +155,7 @@ async def _pump(
     outbox: Outbox, ws: WebsocketImplProtocol, context: TransportContext, activity: _Activity
 ) -> None:
     try:
-        while (batch := await outbox.get_batch(context.linger_s())) is not None:
+        while (batch := await outbox.get_batch(context.chat.linger_s())) is not None:
             for event in batch:
                 if isinstance(event, ErrorEvent):
                     context.metrics.frames_refused.labels(event.code).inc()
