@@ -155,7 +155,7 @@ def _check_environment(args: argparse.Namespace, settings: Settings) -> str | No
     """What stops ``serve`` from starting, found before it prints "serving on":
     the address taken, the database URL malformed or its SQLite file unusable,
     Redis unreachable. None when all is well."""
-    from .store.database import parse_url
+    from .store.url import parse_url
 
     try:
         check_address(args.host, args.port)
@@ -267,7 +267,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _fake_llm(args: argparse.Namespace) -> int:
-    from . import fake_llm
+    from .testing.fake_llm import cli as fake_llm
 
     return fake_llm.main_from_args(args)
 
@@ -344,12 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     fake = sub.add_parser(
         "fake-llm", help="a local LLM server speaking the OpenAI, Anthropic and Ollama formats"
     )
-    try:
-        from . import fake_llm
-    except ImportError:  # pragma: no cover - only while the module is being written
-        pass
-    else:
-        fake_llm.add_arguments(fake)
+    # the options only: the fake server itself loads when the command runs
+    from .testing.fake_llm import cli as fake_llm
+
+    fake_llm.add_arguments(fake)
     fake.set_defaults(func=_fake_llm)
 
     token = sub.add_parser("token", help="mint a development JWT with SANIC_CHAT_JWT_SECRET")

@@ -114,7 +114,7 @@ def prepare_sqlite(settings: Settings) -> str:
     database): what SQLite would say is only "unable to open database file".
     Returns the file's path (or ``:memory:``).
     """
-    from .store.database import parse_url
+    from .store.url import parse_url
 
     url = parse_url(settings.database_url)  # a wrong URL: ValueError, a config error
     if url.in_memory:
@@ -151,7 +151,7 @@ def unusable_sqlite(path: str, exc: BaseException) -> StartupError:
 def unusable_postgres(url: str, exc: BaseException) -> StartupError:
     """The error for a PostgreSQL database that cannot be reached or used (at
     start-up, or by ``sanic-chat migrate``): the driver's words and the server
-    (``Unavailable``'s chained cause: store/database.py ``Unreachable``)."""
+    (``Unavailable``'s chained cause: store/errors.py ``Unreachable``)."""
     from .core.errors import Unavailable, failure_cause
 
     if isinstance(exc, Unavailable):

@@ -6,7 +6,7 @@ store. The SQL store's contract tests run against this one too.
 
 Ordering: messages of a conversation are ordered by ``(created_at, id)``, the
 same key the SQL store sorts on; a reply row is created one microsecond after
-its user message so that the pair always sorts user-first.
+its user message so that the pair always sorts user-first (``semantics.py``).
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..core.errors import Conflict, Interrupted, NotFound, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Status, Usage, title_from, utcnow
+from .semantics import fill_context, oldest_first, posted_messages
 
 __all__ = ["MemoryMessageStore"]
-
-#: a reply sorts right after its user message (same moment would tie)
-REPLY_AFTER = timedelta(microseconds=1)
 
 
 @dataclass(slots=True)
@@ -168,26 +166,14 @@ class MemoryMessageStore:
         ):
             raise Conflict("a reply is already running in this conversation")
 
-        user = Message(
-            id=str(uuid.uuid4()),
+        user, reply = posted_messages(
             conversation_id=conversation_id,
-            role="user",
-            content=content,
-            status="complete",
-            model=model,
-            created_at=now,
-            completed_at=now,
+            user_id=str(uuid.uuid4()),
+            reply_id=str(uuid.uuid4()),
             client_id=client_id,
-        )
-        reply = Message(
-            id=str(uuid.uuid4()),
-            conversation_id=conversation_id,
-            role="assistant",
-            content="",
-            status="streaming",
+            content=content,
             model=model,
-            created_at=now + REPLY_AFTER,
-            reply_to=user.id,
+            now=now,
         )
         if new_conversation is not None:
             state.conversations[conversation_id] = new_conversation
@@ -230,23 +216,11 @@ class MemoryMessageStore:
         self, conversation_id: str, *, before: Message, max_chars: int
     ) -> list[Message]:
         candidates = [
-            m
-            for m in self._messages_of(conversation_id)
-            if _sort_key(m) <= _sort_key(before) and (m.role != "assistant" or m.content)
+            m for m in self._messages_of(conversation_id) if _sort_key(m) <= _sort_key(before)
         ]
         kept: list[Message] = []
-        used = 0
-        for message in reversed(candidates):
-            # ``before`` is always kept; after it, stop at the first one that does
-            # not fit so the context stays a contiguous suffix of the conversation.
-            if kept and used + len(message.content) > max_chars:
-                break
-            kept.append(message)
-            used += len(message.content)
-        if not kept:
-            kept.append(before)
-        kept.reverse()
-        return kept
+        fill_context(kept, 0, reversed(candidates), max_chars)
+        return oldest_first(kept, before)
 
     # ------------------------------------------------------------------ replies
 

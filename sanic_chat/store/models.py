@@ -4,7 +4,7 @@ The models are bound to no database. Queries built from them are compiled for
 (``statements.py``) or executed through (``db.aio_execute(query)``) a specific
 peewee-async database, so one process can hold several stores (SQLite,
 PostgreSQL, two "nodes" in a test) at once; DDL is generated inside
-``db.bind_ctx`` (see ``schema_statements``).
+``db.bind_ctx`` (``internals.create_statements``).
 
 Invariants the database itself enforces, so that they hold across processes
 and nodes, not just inside one store object:
@@ -33,7 +33,6 @@ __all__ = [
     "ConversationRow",
     "MessageRow",
     "UtcDateTimeField",
-    "schema_statements",
 ]
 
 
@@ -147,21 +146,3 @@ MessageRow.add_index(
 )
 
 MODELS: tuple[type[_Base], ...] = (ConversationRow, MessageRow)
-
-
-def schema_statements(database: peewee.Database) -> list[tuple[str, tuple[Any, ...]]]:
-    """The ``CREATE ... IF NOT EXISTS`` statements for ``database``'s dialect.
-
-    Generated synchronously inside ``bind_ctx`` (no await in between), so the
-    temporary binding of the shared models cannot leak into another store.
-    """
-    statements: list[tuple[str, tuple[Any, ...]]] = []
-    with database.bind_ctx(MODELS, bind_refs=False, bind_backrefs=False):
-        for model in MODELS:
-            schema = model._schema
-            sql, params = schema._create_table(safe=True).query()
-            statements.append((sql, tuple(params)))
-            for index in schema._create_indexes(safe=True):
-                sql, params = index.query()
-                statements.append((sql, tuple(params)))
-    return statements

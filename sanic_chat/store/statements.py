@@ -53,7 +53,9 @@ class _TemplateContext(peewee.Context):  # type: ignore[misc]
     """Peewee's SQL context, leaving a :class:`_Slot` where a :class:`Param` goes.
 
     ``value`` is where peewee turns every value into a placeholder (in WHERE,
-    SET and VALUES alike), with the converter it resolved for that position.
+    SET and VALUES alike), with the converter it resolved for that position;
+    the slot records that converter, and peewee itself adds the slot as the
+    parameter (``converter=False``: as it is).
     """
 
     __slots__ = ()
@@ -63,8 +65,7 @@ class _TemplateContext(peewee.Context):  # type: ignore[misc]
             return super().value(value, converter, add_param)
         if converter is None:  # False means "do not convert", as in peewee
             converter = self.state.converter
-        self._values.append(_Slot(value.name, converter or None))  # type: ignore[attr-defined]
-        return self.literal(self.state.param or "?") if add_param else self
+        return super().value(_Slot(value.name, converter or None), False, add_param)
 
 
 class Statement:

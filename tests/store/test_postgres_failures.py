@@ -15,8 +15,7 @@ import psycopg2
 import pytest
 import uvloop
 
-from sanic_chat.core.errors import Unavailable
-from sanic_chat.core.service import failure_cause
+from sanic_chat.core.errors import Unavailable, failure_cause
 from sanic_chat.store import open_store
 from sanic_chat.store.sql import SqlMessageStore
 from tests.conftest import require_postgres

@@ -16,15 +16,17 @@ import peewee
 import psycopg2
 import pytest
 
-from sanic_chat.core.errors import Conflict, NotFound, Unavailable
+from sanic_chat.core.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from sanic_chat.core.ports import MessageStore, new_conversation_id
 from sanic_chat.store import open_store
-from sanic_chat.store import sql as sql_module
-from sanic_chat.store.database import PostgresPool, connect_database, parse_url
+from sanic_chat.store import sqlite as sqlite_dialect
+from sanic_chat.store.database import connect_database
+from sanic_chat.store.internals import PostgresPool
 from sanic_chat.store.sql import SqlMessageStore
+from sanic_chat.store.url import parse_url
 from tests.conftest import require_postgres
 
-from .support import Stores, post, soon, stores_for
+from .support import Stores, post, stores_for
 
 # --------------------------------------------------------------------------- two nodes
 
@@ -133,14 +135,11 @@ async def test_a_post_is_one_statement_on_postgres_and_its_history_one_more(
     await store.finish(first.reply.id, content="done", status="complete")
 
     statements.sent.clear()
-    second = await store.post_user_message(
-        "alice",
+    second = await post(
+        store,
         conversation_id=first.conversation.id,
         client_id="c-2",
         content="again",
-        model="demo",
-        node_id="n",
-        lease_until=soon(),
         history_max_chars=1000,
     )
     assert statements.count() == 1  # the write reads the history too
@@ -242,15 +241,17 @@ async def _tagged_postgres() -> tuple[Stores, Any, str]:
     return stores, admin, app
 
 
-async def _until_waiting_on_a_lock(app: str) -> None:
+async def _until_waiting_on_a_lock(app: str, *, terminate: bool = False) -> None:
+    """Return once a connection tagged ``app`` waits on a lock (``terminate``: and kill it)."""
     watcher = psycopg2.connect(require_postgres(), connect_timeout=5)
     watcher.autocommit = True
+    found = "pg_terminate_backend(pid)" if terminate else "1"
     try:
         with watcher.cursor() as cursor:
             for _ in range(250):
                 await asyncio.sleep(0.02)
                 cursor.execute(
-                    "SELECT 1 FROM pg_stat_activity "
+                    f"SELECT {found} FROM pg_stat_activity "
                     "WHERE application_name = %s AND wait_event_type = 'Lock'",
                     (app,),
                 )
@@ -274,13 +275,20 @@ async def _contents(store: MessageStore, ids: list[str]) -> list[str | None]:
     return [message.content if message else None for message in messages]
 
 
+async def _replies_watched(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, n: int
+) -> tuple[SqlMessageStore, list[str], Statements]:
+    """A store with ``n`` streaming replies, and from now on its statements."""
+    store = await stores.open()
+    assert isinstance(store, SqlMessageStore)
+    ids = await _streaming_replies(store, n)
+    return store, ids, Statements(store, monkeypatch)
+
+
 async def test_concurrent_checkpoints_are_one_statement(
     sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await sql_stores.open()
-    assert isinstance(store, SqlMessageStore)
-    ids = await _streaming_replies(store, 30)
-    statements = Statements(store, monkeypatch)
+    store, ids, statements = await _replies_watched(sql_stores, monkeypatch, 30)
     await asyncio.gather(*(store.checkpoint(id_, f"partial {i} ✓") for i, id_ in enumerate(ids)))
     assert statements.count() == 1
     assert await _contents(store, ids) == [f"partial {i} ✓" for i in range(30)]
@@ -289,10 +297,7 @@ async def test_concurrent_checkpoints_are_one_statement(
 async def test_checkpoints_made_during_a_write_are_the_next_statement(
     sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await sql_stores.open()
-    assert isinstance(store, SqlMessageStore)
-    ids = await _streaming_replies(store, 10)
-    statements = Statements(store, monkeypatch)
+    store, ids, statements = await _replies_watched(sql_stores, monkeypatch, 10)
     statements.hold, statements.gate = "UPDATE", asyncio.Event()
     first = asyncio.create_task(store.checkpoint(ids[0], "first"))
     await asyncio.wait_for(statements.holding.wait(), timeout=10)
@@ -319,10 +324,7 @@ async def test_a_checkpoint_batch_leaves_finished_replies_as_they_finished(
 async def test_a_failed_checkpoint_batch_fails_every_caller_in_it(
     sql_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await sql_stores.open()
-    assert isinstance(store, SqlMessageStore)
-    ids = await _streaming_replies(store, 5)
-    statements = Statements(store, monkeypatch)
+    store, ids, statements = await _replies_watched(sql_stores, monkeypatch, 5)
     lost = (
         sqlite3.OperationalError("disk I/O error")
         if store.backend == "sqlite"
@@ -353,12 +355,12 @@ async def test_an_unstorable_checkpoint_fails_alone_and_the_rest_of_its_batch_is
         store.checkpoint(ids[2], nul),
         return_exceptions=True,
     )
-    assert results[0] is None and isinstance(results[1], UnicodeEncodeError)
+    assert results[0] is None and isinstance(results[1], ValidationFailed)
     if store.backend == "sqlite":
         assert results[2] is None
         assert await _contents(store, ids) == ["fine", "", nul]
     else:
-        assert isinstance(results[2], ValueError)
+        assert isinstance(results[2], ValidationFailed)
         assert await _contents(store, ids) == ["fine", "", ""]
 
 
@@ -370,7 +372,7 @@ async def test_a_large_sqlite_batch_is_written_in_chunks(
         store = await stores.open()
         assert isinstance(store, SqlMessageStore)
         ids = await _streaming_replies(store, 7)
-        monkeypatch.setattr(sql_module, "_SQLITE_CHECKPOINT_ROWS", 3)
+        monkeypatch.setattr(sqlite_dialect, "CHECKPOINT_ROWS", 3)
         statements = Statements(store, monkeypatch)
         await asyncio.gather(*(store.checkpoint(id_, f"part {i}") for i, id_ in enumerate(ids)))
         assert statements.count("UPDATE") == 3
@@ -438,20 +440,20 @@ async def test_postgres_pool_closes_connections_left_idle_or_handed_back_mid_tra
     try:
         conn = await pool.acquire()
         first = await _pid(conn)
-        pool.release(conn)
+        await pool.release(conn)
         again = await pool.acquire()
         assert await _pid(again) == first  # fresh enough: reused
-        pool.release(again)
+        await pool.release(again)
         await asyncio.sleep(0.1)
         later = await pool.acquire()
         assert conn.closed and await _pid(later) != first  # stale: closed, replaced
         async with later.cursor() as cursor:
             await cursor.execute("BEGIN")
-        pool.release(later)  # mid-transaction: never handed to anyone else
+        await pool.release(later)  # mid-transaction: never handed to anyone else
         assert later.closed
         assert not pool.has_acquired_connections()
     finally:
-        pool.close()
+        await pool.close()
 
 
 # --------------------------------------------------------------------------- migrations, durability
@@ -533,38 +535,17 @@ async def test_sqlite_where_no_file_can_be_made_is_unavailable(tmp_path: Path, w
 
 @pytest.mark.postgres
 async def test_postgres_connection_lost_mid_post_is_unavailable_and_stores_nothing() -> None:
-    url = require_postgres()
-    app = f"store_test_{uuid.uuid4().hex[:12]}"
-    tagged = f"{url}{'&' if '?' in url else '?'}application_name={app}"
-    stores = Stores("postgres", tagged, f"test_store_{app}")
-    admin = psycopg2.connect(url, connect_timeout=5)
+    stores, admin, app = await _tagged_postgres()
     try:
         store = await stores.open()
         conversation = await store.create_conversation("alice")
-        # hold the conversation row so the post blocks inside its transaction
+        # hold the conversation row so the post blocks inside its statement
         with admin.cursor() as cursor:
-            cursor.execute(f'SET search_path TO "{stores.schema}"')
             cursor.execute(
                 "SELECT id FROM conversation WHERE id = %s FOR UPDATE", (conversation.id,)
             )
         task = asyncio.create_task(post(store, conversation_id=conversation.id, client_id="c-1"))
-        killer = psycopg2.connect(url, connect_timeout=5)
-        killer.autocommit = True
-        try:
-            with killer.cursor() as cursor:
-                for _ in range(200):
-                    await asyncio.sleep(0.02)
-                    cursor.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = %s AND wait_event_type = 'Lock'",
-                        (app,),
-                    )
-                    if cursor.fetchall():
-                        break
-                else:
-                    pytest.fail("the post never waited on the row lock")
-        finally:
-            killer.close()
+        await _until_waiting_on_a_lock(app, terminate=True)
         with pytest.raises(Unavailable):
             await asyncio.wait_for(task, timeout=10)
         admin.rollback()

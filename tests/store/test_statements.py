@@ -9,9 +9,10 @@ from typing import Any
 import peewee
 import pytest
 
-from sanic_chat.store.database import connect_database, parse_url
+from sanic_chat.store.database import connect_database
 from sanic_chat.store.models import ConversationRow, MessageRow
 from sanic_chat.store.statements import Param, compile_query, compile_text
+from sanic_chat.store.url import parse_url
 
 DIALECTS = {
     "sqlite": "sqlite:///:memory:",
