@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,31 +14,23 @@ from sanic_chat.core.ports import MessageStore
 from .support import BACKENDS, POSTGRES, SQL_BACKENDS, Stores, stores_for
 
 
-@pytest.fixture(params=BACKENDS)
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = stores_for(request.param, tmp_path)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
+def _stores_on(name: str, backends: list[Any]) -> Any:
+    """A fixture ``name``: the :class:`Stores` of each of ``backends`` in turn, cleaned up after."""
+
+    @pytest.fixture(name=name, params=backends)
+    async def fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+        opened = stores_for(request.param, tmp_path)
+        try:
+            yield opened
+        finally:
+            await opened.aclose()
+
+    return fixture
 
 
-@pytest.fixture(params=SQL_BACKENDS)
-async def sql_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = stores_for(request.param, tmp_path)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
-@pytest.fixture(params=[POSTGRES])
-async def postgres_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = stores_for(request.param, tmp_path)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
+stores = _stores_on("stores", BACKENDS)
+sql_stores = _stores_on("sql_stores", SQL_BACKENDS)
+postgres_stores = _stores_on("postgres_stores", [POSTGRES])
 
 
 @pytest.fixture

@@ -58,20 +58,31 @@ async def _until(condition: Callable[[], bool], *, turns: int = 100) -> None:
     pytest.fail("condition never held")
 
 
-async def test_calls_made_in_one_loop_turn_are_one_write() -> None:
+def _queue() -> tuple[Table, CheckpointQueue]:
     table = Table()
-    queue = CheckpointQueue(table.write)
+    return table, CheckpointQueue(table.write)
+
+
+async def _hold_a_write(
+    table: Table, queue: CheckpointQueue, message_id: str = "m0", text: str = "a"
+) -> asyncio.Task[None]:
+    """A checkpoint whose write has taken its batch and waits at ``table.gate``."""
+    table.gate.clear()
+    task = asyncio.create_task(queue.checkpoint(message_id, text))
+    await _until(lambda: table.writing == 1)
+    return task
+
+
+async def test_calls_made_in_one_loop_turn_are_one_write() -> None:
+    table, queue = _queue()
     await asyncio.gather(*(queue.checkpoint(f"m{i}", f"text {i}") for i in range(50)))
     assert len(table.batches) == 1
     assert table.rows == {f"m{i}": f"text {i}" for i in range(50)}
 
 
 async def test_calls_made_while_a_write_runs_are_the_next_write_and_never_overlap() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
-    table.gate.clear()
-    first = asyncio.create_task(queue.checkpoint("m0", "a"))
-    await _until(lambda: table.writing == 1)
+    table, queue = _queue()
+    first = await _hold_a_write(table, queue)
     later = [asyncio.create_task(queue.checkpoint(f"m{i}", f"text {i}")) for i in range(1, 20)]
     await asyncio.sleep(0)
     assert not first.done() and not any(task.done() for task in later)
@@ -82,8 +93,7 @@ async def test_calls_made_while_a_write_runs_are_the_next_write_and_never_overla
 
 
 async def test_calls_made_while_the_writer_waits_for_a_connection_join_its_batch() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
+    table, queue = _queue()
     table.connection.clear()
     first = asyncio.create_task(queue.checkpoint("m0", "a"))
     await _until(lambda: table.connecting == 1)
@@ -95,11 +105,8 @@ async def test_calls_made_while_the_writer_waits_for_a_connection_join_its_batch
 
 
 async def test_the_newest_content_of_an_id_wins_and_every_caller_returns() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
-    table.gate.clear()
-    in_flight = asyncio.create_task(queue.checkpoint("m", "H"))
-    await _until(lambda: table.writing == 1)
+    table, queue = _queue()
+    in_flight = await _hold_a_write(table, queue, "m", "H")
     queued = [asyncio.create_task(queue.checkpoint("m", text)) for text in ("He", "Hel", "Hell")]
     await asyncio.sleep(0)
     table.gate.set()
@@ -110,8 +117,7 @@ async def test_the_newest_content_of_an_id_wins_and_every_caller_returns() -> No
 
 
 async def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_batch_is_tried() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
+    table, queue = _queue()
     table.fail_with = Unavailable("database down")
     results = await asyncio.gather(
         *(queue.checkpoint(f"m{i}", "x") for i in range(5)), return_exceptions=True
@@ -124,8 +130,7 @@ async def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_batch
 
 
 async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
+    table, queue = _queue()
     table.gate.clear()
     gone = asyncio.create_task(queue.checkpoint("a", "1"))
     stays = asyncio.create_task(queue.checkpoint("b", "2"))
@@ -139,11 +144,8 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 
 
 async def test_close_answers_every_call_already_made_and_refuses_new_ones() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
-    table.gate.clear()
-    first = asyncio.create_task(queue.checkpoint("m0", "a"))
-    await _until(lambda: table.writing == 1)
+    table, queue = _queue()
+    first = await _hold_a_write(table, queue)
     queued = asyncio.create_task(queue.checkpoint("m1", "b"))
     await asyncio.sleep(0)
     closing = asyncio.create_task(queue.aclose())
@@ -158,8 +160,7 @@ async def test_close_answers_every_call_already_made_and_refuses_new_ones() -> N
 
 
 async def test_a_write_that_fails_before_taking_its_batch_fails_the_callers_waiting() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
+    table, queue = _queue()
     table.connection.clear()
     table.no_connection = Unavailable("no connection")
     calls = [asyncio.create_task(queue.checkpoint(f"m{i}", "x")) for i in range(3)]
@@ -182,11 +183,8 @@ async def test_a_write_that_never_takes_its_batch_fails_it_instead_of_hanging() 
 
 
 async def test_a_cancelled_writer_leaves_no_caller_waiting() -> None:
-    table = Table()
-    queue = CheckpointQueue(table.write)
-    table.gate.clear()
-    first = asyncio.create_task(queue.checkpoint("m0", "a"))
-    await _until(lambda: table.writing == 1)
+    table, queue = _queue()
+    first = await _hold_a_write(table, queue)
     queued = asyncio.create_task(queue.checkpoint("m1", "b"))
     await asyncio.sleep(0)
     writer = queue._writer  # the loop shutting down cancels every task; this one, here

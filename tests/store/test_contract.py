@@ -326,30 +326,13 @@ async def test_history_keeps_the_newest_messages_that_fit(store: MessageStore) -
 async def test_a_post_can_return_its_history_as_history_would(store: MessageStore) -> None:
     messages = await _exchanges(store, 3)
     cid = messages[0].conversation_id
-    posted = await store.post_user_message(
-        "alice",
-        conversation_id=cid,
-        client_id="c-h",
-        content="question 3",
-        model="demo",
-        node_id="n",
-        lease_until=soon(),
-        history_max_chars=28,
-    )
+    same = {"conversation_id": cid, "client_id": "c-h", "content": "question 3"}
+    posted = await post(store, **same, history_max_chars=28)
     assert posted.created and posted.history == [messages[-2], messages[-1], posted.user]
     assert posted.history == await store.history(cid, before=posted.user, max_chars=28)
     fresh = await post(store)
     assert fresh.history is None  # not asked for
-    again = await store.post_user_message(
-        "alice",
-        conversation_id=cid,
-        client_id="c-h",
-        content="question 3",
-        model="demo",
-        node_id="n",
-        lease_until=soon(),
-        history_max_chars=28,
-    )
+    again = await post(store, **same, history_max_chars=28)
     assert again.created is False and again.history is None  # nothing new: no context
 
 
