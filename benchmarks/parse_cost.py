@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from sanic_chat.core.ports import CompletionRequest, Turn
-from sanic_chat.fake_llm import reply_tokens
-from sanic_chat.fake_llm_formats import FORMATS, Reply
 from sanic_chat.providers.anthropic import AnthropicStreamDecoder
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.ollama import OllamaStreamDecoder
 from sanic_chat.providers.openai import OpenAIStreamDecoder
 from sanic_chat.providers.spec import ModelSpec
+from sanic_chat.testing.fake_llm import reply_tokens
+from sanic_chat.testing.fake_llm.formats import FORMATS, Reply
 
 VENDORS = ("openai", "anthropic", "ollama")
 

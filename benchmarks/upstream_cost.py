@@ -53,7 +53,7 @@ BACKENDS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
 
 def start_fake() -> tuple[subprocess.Popen[str], str]:
     fake = subprocess.Popen(
-        [sys.executable, "-m", "sanic_chat.fake_llm", "--port", "0", "--ttft-ms", "0"],
+        [sys.executable, "-m", "sanic_chat.testing.fake_llm", "--port", "0", "--ttft-ms", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

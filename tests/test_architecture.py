@@ -56,6 +56,8 @@ VIOLATIONS = [
     ("one-door", "transports/__init__.py", "from ..store import models"),
     ("one-door", "api/__init__.py", "from ..bus import memory"),
     ("one-door", "security/__init__.py", "from ..bus import memory"),
+    ("runtime-no-testing", "providers/__init__.py", "from ..testing import fake_llm"),
+    ("runtime-no-testing", "transports/__init__.py", "from ..testing.fake_llm import server"),
     ("transports-no-providers", "transports/__init__.py", "from ..providers import catalog"),
     ("security-no-transports", "security/__init__.py", "from ..transports import websocket"),
     ("arrows", "store/__init__.py", "from ..bus import memory"),

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from benchmarks.frames import ReplyTracker
 from benchmarks.load import LoadConfig, run_load, write_outputs
-from sanic_chat.fake_llm import FakeLLM, reply_text
+from sanic_chat.testing.fake_llm import FakeLLM, reply_text
 from tests.server import free_port, run_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]

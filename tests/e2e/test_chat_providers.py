@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from sanic_chat.fake_llm import FakeLLM
+from sanic_chat.testing.fake_llm import FakeLLM
 from tests.server import RunningServer, database_env, run_server
 
 TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import websockets
 
-from sanic_chat.fake_llm import FakeLLM
+from sanic_chat.testing.fake_llm import FakeLLM
 from tests.server import RunningServer, free_port, run_server
 
 FAKE_KEY = "sk-test-" + uuid.uuid4().hex  # must never reach the log

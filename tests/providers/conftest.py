@@ -20,10 +20,10 @@ import pytest
 
 from sanic_chat.core.errors import ProviderError
 from sanic_chat.core.ports import Chunk, CompletionRequest, Provider, Turn
-from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.spec import ModelSpec
 from sanic_chat.providers.upstream import UPSTREAM_HTTP, TransportFactory
+from sanic_chat.testing.fake_llm import FakeLLM
 
 VENDORS = ("openai", "anthropic", "ollama")
 _keys = itertools.count()

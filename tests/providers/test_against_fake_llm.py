@@ -15,9 +15,9 @@ from sanic_chat.core.errors import (
     ProviderUnauthorized,
 )
 from sanic_chat.core.ports import Turn
-from sanic_chat.fake_llm import FakeLLM, reply_text, reply_tokens
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.upstream import TransportFactory
+from sanic_chat.testing.fake_llm import FakeLLM, reply_text, reply_tokens
 
 from .conftest import VENDORS, Opener, ask, run, spec_for
 

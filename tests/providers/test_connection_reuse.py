@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.upstream import TransportFactory
+from sanic_chat.testing.fake_llm import FakeLLM
 from tests.chaos import TcpProxy
 
 from .conftest import VENDORS, ask, run, spec_for

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from sanic_chat.core.errors import ProviderError
-from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.http import connect_failure
 from sanic_chat.providers.spec import ModelSpec
 from sanic_chat.providers.upstream import TransportFactory
 from sanic_chat.redaction import redact_url
+from sanic_chat.testing.fake_llm import FakeLLM
 from tests.server import free_port
 
 from .conftest import VENDORS, ask, base_url, run

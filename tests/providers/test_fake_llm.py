@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from sanic_chat.fake_llm import (
+from sanic_chat.testing.fake_llm import (
     DirectiveError,
     FakeLLM,
     FakeOptions,

@@ -9,8 +9,8 @@ import anthropic
 import openai
 import pytest
 
-from sanic_chat.fake_llm import FakeLLM, reply_text
 from sanic_chat.providers.upstream import TransportFactory
+from sanic_chat.testing.fake_llm import FakeLLM, reply_text
 
 from .conftest import Opener, ask, run
 

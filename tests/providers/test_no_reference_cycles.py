@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.upstream import TransportFactory
+from sanic_chat.testing.fake_llm import FakeLLM
 
 from .conftest import VENDORS, ask, run, spec_for
 

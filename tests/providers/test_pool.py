@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from sanic_chat.fake_llm import FakeLLM
 from sanic_chat.providers.pool import ConnectionPool
+from sanic_chat.testing.fake_llm import FakeLLM
 from tests.chaos import TcpProxy
 
 POOL_TIMEOUT = httpx.Timeout(5.0, pool=0.2)

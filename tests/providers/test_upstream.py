@@ -14,10 +14,10 @@ import pytest
 
 from sanic_chat.app import providers_http
 from sanic_chat.config import ConfigError, Settings
-from sanic_chat.fake_llm import FakeLLM, reply_text
 from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.pool import ConnectionPool
 from sanic_chat.providers.upstream import httpx_transport, pool_transport
+from sanic_chat.testing.fake_llm import FakeLLM, reply_text
 
 from .conftest import VENDORS, ask, run, spec_for
 

@@ -1,59 +1,11 @@
-"""A local LLM server for tests, benchmarks and keyless frontend work.
-
-It speaks three vendors' streaming formats (see :mod:`sanic_chat.fake_llm_formats`):
-
-* OpenAI    ``POST /v1/chat/completions`` (also ``/chat/completions``): SSE of
-  ``chat.completion.chunk``, a usage chunk when ``stream_options.include_usage``,
-  then ``data: [DONE]``; a ``chat.completion`` JSON when ``stream`` is false.
-* Anthropic ``POST /v1/messages``: SSE with ``event:`` lines (message_start,
-  content_block_start, ping, content_block_delta..., content_block_stop,
-  message_delta, message_stop); a ``message`` JSON when ``stream`` is false.
-* Ollama    ``POST /api/chat``: NDJSON until ``"done": true`` (streams unless
-  ``"stream": false``, as Ollama does).
-
-Plus ``GET /_fake/stats`` (counters, the last request seen), ``POST /_fake/reset``
-and ``GET /healthz``.
-
-The reply is :func:`reply_tokens` of the last user message (directive removed):
-deterministic, so a test can compute the exact text it must receive.
-
-Directives: per-request behaviour, as ``key=value`` pairs separated by ``;``,
-given in the ``X-Fake-LLM`` request header and/or in the last user message as
-``[fake-llm: key=value; ...]`` (the message wins over the header, both win over
-the server's defaults)::
-
-    ttft_ms=0              pause before the first token (milliseconds)
-    tps=100                tokens per second (0: as fast as possible)
-    tokens=5               reply length in tokens (the request's max tokens caps it)
-    key=t1                 the stats bucket of this request (default: the fault text)
-    fault=status:503       answer this HTTP status with the vendor's error body
-                           (429 carries Retry-After: <retry_after>)
-    fault=cut:3            after 3 tokens, close the TCP connection mid-body
-    fault=stall:2.5        stop sending for 2.5 s before token <at> (default 0), then go on
-    fault=malformed:3      after 3 tokens, send a frame that is not valid JSON, then go on
-    fault=error:3          after 3 tokens, send the vendor's in-stream error and end
-                           (Anthropic: event: error, overloaded_error)
-    at=3                   the token index of a stall
-    retry_after=0.2        Retry-After of a 429 (seconds)
-    error_type=api_error   the in-stream error's type
-    fail_first=2           the fault hits only the first 2 attempts of this key
-
-Built on a bare ``asyncio.Protocol`` (:mod:`sanic_chat.fake_llm_http`) and
-timer callbacks, no coroutine per stream: one core streams 1,000 concurrent
-replies at 40 tokens/s with room to spare.
-
-In tests: ``with FakeLLM(ttft_ms=0, tps=0) as fake: ... fake.base_url ...``
-(its own thread), or ``server = await serve_fake_llm(...)`` (the running loop).
-"""
+"""The fake LLM server: routes, directives, paced streams and faults (timer
+callbacks on :mod:`.http` connections), on the running loop
+(:func:`serve_fake_llm`) or in a thread of its own (:class:`FakeLLM`)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import errno
 import re
-import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -62,11 +14,10 @@ from typing import Any
 
 import orjson
 
-from .fake_llm_directives import DirectiveError, FakeOptions, Fault
-from .fake_llm_formats import FORMATS, Reply, WireFormat
-from .fake_llm_http import HttpConnection, Request
-from .providers.demo import demo_reply_words
-from .startup import reason
+from ...providers.demo import demo_reply_words
+from .directives import DirectiveError, FakeOptions, Fault
+from .formats import FORMATS, Reply, WireFormat
+from .http import HttpConnection, Request
 
 __all__ = [
     "DIRECTIVE_HEADER",
@@ -75,11 +26,8 @@ __all__ = [
     "FakeLLMServer",
     "FakeOptions",
     "Fault",
-    "add_arguments",
-    "main_from_args",
     "reply_text",
     "reply_tokens",
-    "run_fake_llm",
     "serve_fake_llm",
 ]
 
@@ -550,113 +498,3 @@ class FakeLLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_fake_llm(host: str, port: int, **options: Any) -> int:
-    """Serve until interrupted (blocking). Options as :class:`FakeLLM`'s. Returns
-    the exit status: 2, after one line on stderr, when it cannot listen."""
-
-    async def main() -> None:
-        try:
-            server = await serve_fake_llm(host, port, **options)
-        except OSError as exc:
-            raise _CannotListen(_listen_problem(host, port, exc)) from None
-        print(f"fake-llm listening on {server.base_url}", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.close()
-
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            runner(main())
-    except _CannotListen as exc:
-        print(f"sanic-chat fake-llm: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-class _CannotListen(Exception):
-    pass
-
-
-def _listen_problem(host: str, port: int, exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            f"port {port} on {host} is in use: stop what listens there, or choose another "
-            "port with --port (0: any free port)"
-        )
-    return f"cannot listen on {host}:{port}: {reason(exc)} (fix --host or --port)"
-
-
-# argparse types: a wrong value is refused before anything starts, in one line
-# ("argument --fault: ..."), with exit status 2
-
-
-def _listen_port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return port
-
-
-def _fault(text: str) -> str:
-    try:
-        Fault.parse(text)
-    except DirectiveError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _directives(text: str) -> str:
-    try:
-        FakeOptions().with_directives(text)
-    except DirectiveError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=_listen_port, default=9001, help="0: any free port")
-    parser.add_argument("--ttft-ms", type=float, default=200.0, help="pause before the first token")
-    parser.add_argument("--tokens-per-second", type=float, default=50.0, help="0: unpaced")
-    parser.add_argument("--reply-tokens", type=int, default=40, help="tokens per reply")
-    parser.add_argument(
-        "--fault", type=_fault, default=None, help="a fault for every request, e.g. status:503"
-    )
-    parser.add_argument(
-        "--directives",
-        type=_directives,
-        default=None,
-        help='default directives, e.g. "fault=status:429;retry_after=2;fail_first=1"',
-    )
-    parser.add_argument("--api-key", default=None, help="require this key (Bearer / x-api-key)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    return run_fake_llm(
-        args.host,
-        args.port,
-        ttft_ms=args.ttft_ms,
-        tps=args.tokens_per_second,
-        tokens=args.reply_tokens,
-        fault=args.fault,
-        directives=args.directives,
-        api_key=args.api_key,
-    )
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="fake-llm", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(main_from_args(_parser.parse_args()))

@@ -1,5 +1,5 @@
 """The fake LLM's directives: ``key=value;...`` that change how one request is
-answered (see :mod:`sanic_chat.fake_llm` for the list)."""
+answered (see :mod:`sanic_chat.testing.fake_llm` for the list)."""
 
 from __future__ import annotations
 
