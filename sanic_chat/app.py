@@ -22,6 +22,7 @@ from .api.conversations import conversations_blueprint
 from .api.docs import configure_api_docs
 from .api.errors import install_error_handlers
 from .api.operations import operations_blueprint
+from .bus.pool import SharedPool
 from .bus.url import open_bus
 from .config import Settings
 from .core.ports import Bus, MessageStore
@@ -109,13 +110,25 @@ async def _prepare_postgres(store: SqlMessageStore, settings: Settings) -> None:
         )
 
 
-def open_bus_for(settings: Settings, node_id: str | None = None) -> Bus:
+def open_bus_for(
+    settings: Settings, node_id: str | None = None, redis: SharedPool | None = None
+) -> Bus:
     return open_bus(
         settings.bus_url,
         tail_ttl_s=settings.tail_ttl_s,
         node_id=node_id,
         prefix=settings.bus_prefix,
+        pool=redis,
     )
+
+
+def shared_redis_for(settings: Settings) -> SharedPool | None:
+    """The process's one Redis pool (with a Redis bus): the bus's tail reads, the tickets
+    and the rate limiters share it, and it waits for a free connection when busy."""
+    if not settings.bus_url.startswith(("redis://", "rediss://")):
+        return None
+    name = f"{settings.bus_prefix}:{socket.gethostname()}-{os.getpid()}:pool"
+    return SharedPool(settings.bus_url.strip(), client_name=name.replace(" ", "_"))
 
 
 def node_id_for(settings: Settings) -> str:
@@ -142,8 +155,15 @@ def providers_http(settings: Settings) -> TransportFactory:
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
     settings = settings or Settings.from_env()
     app: Sanic[Any, Any] = Sanic(name or f"sanic_chat_{uuid.uuid4().hex[:8]}")
+    redis = shared_redis_for(settings)
+    if redis is not None:
+
+        @app.after_server_stop  # registered first, so it runs last: after all its users
+        async def close_redis(app: Sanic[Any, Any]) -> None:
+            await redis.close()
+
     # auth, tickets, origins, rate and connection limits (docs/security.md)
-    security = Security(settings)
+    security = Security(settings, redis=redis)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes
     app.config.WEBSOCKET_PING_INTERVAL = 20
@@ -187,7 +207,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     @app.before_server_start
     async def open_everything(app: Sanic[Any, Any]) -> None:
         store = await open_store_for(settings)
-        bus = open_bus_for(settings, node_id)
+        bus = open_bus_for(settings, node_id, redis)
         try:
             await start_bus(bus, settings.bus_url)
         except BaseException:

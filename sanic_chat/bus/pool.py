@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_WAIT_S", "pool_exhausted", "redis_pool"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_WAIT_S", "SharedPool", "redis_pool"]
 
 #: connections per process; each serves one command at a time, and most take well under
 #: a millisecond, so this is far above what one process keeps busy
@@ -59,10 +59,22 @@ def redis_pool(
     return pool
 
 
-def pool_exhausted(exc: BaseException) -> bool:
-    """True when ``exc`` says no connection of the pool came free in time -- Redis itself
-    may be perfectly healthy."""
-    return isinstance(exc, RedisConnectionError) and str(exc) in (
-        "No connection available.",
-        "Too many connections",
-    )
+class SharedPool:
+    """The process's pool, made on first use -- inside the event loop that will use it --
+    and handed to each of its users as this callable. Closed by its owner, the
+    composition root, after every user is done; a later call makes a new one."""
+
+    def __init__(self, url: str, *, client_name: str | None = None) -> None:
+        self.url = url
+        self.client_name = client_name
+        self._pool: BlockingConnectionPool | None = None
+
+    def __call__(self) -> BlockingConnectionPool:
+        if self._pool is None:
+            self._pool = redis_pool(self.url, client_name=self.client_name)
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.disconnect()

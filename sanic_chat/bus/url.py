@@ -5,6 +5,8 @@ Import-light: the Redis bus (and redis-py) is imported only for a Redis URL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from sanic_chat.core.ports import Bus
@@ -22,9 +24,12 @@ def open_bus(
     tail_ttl_s: float = 60.0,
     node_id: str | None = None,
     prefix: str = "sanic-chat",
+    pool: Callable[[], Any] | None = None,
 ) -> Bus:
     """The bus for ``url``; not started yet (call ``await bus.start()``). ``prefix``
-    namespaces a Redis bus's keys and channels (ignored by the in-memory bus).
+    namespaces a Redis bus's keys and channels (ignored by the in-memory bus). ``pool``
+    gives the process's shared Redis pool (``pool.SharedPool``), called once the URL is
+    known to be a Redis one; without it a Redis bus makes a pool of its own.
 
     Raises :class:`ValueError` naming the accepted forms if ``url`` is none of them
     (the message never repeats the URL's password).
@@ -45,7 +50,13 @@ def open_bus(
     ):
         from .redis import RedisBus
 
-        return RedisBus(url, prefix=prefix, tail_ttl_s=tail_ttl_s, node_id=node_id)
+        return RedisBus(
+            url,
+            prefix=prefix,
+            tail_ttl_s=tail_ttl_s,
+            node_id=node_id,
+            pool=pool() if pool is not None else None,
+        )
     raise ValueError(f"unsupported bus URL {_redact(url)!r}: use {_ACCEPTED}")
 
 

@@ -18,7 +18,7 @@ from ..core.session import FrameGate
 from ..transports.base import Authenticate, TransportContext
 from .limits import ConnectionLimiter, build_gate
 from .origins import OriginPolicy
-from .ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from .ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, RedisSource
 from .redaction import install_log_redaction
 from .tickets import MemoryTickets, RedisTickets, TicketStore
 from .websocket_frames import install as fail_websockets_on_bad_utf8
@@ -30,36 +30,38 @@ _CORS_HEADERS = "authorization,content-type,last-event-id"
 
 
 def _rate_limiter(
-    limit: RateLimit | None, redis_url: str | None, prefix: str
+    limit: RateLimit | None, redis: RedisSource | None, prefix: str
 ) -> RateLimiter | None:
     """One per-user rate: in Redis when the bus is there (every worker and node
     shares it), else in this process."""
     if limit is None:
         return None
-    if redis_url:
-        return RedisRateLimiter(redis_url, limit.count, limit.period_s, prefix=prefix)
+    if redis is not None:
+        return RedisRateLimiter(redis, limit.count, limit.period_s, prefix=prefix)
     return LocalRateLimiter(limit.count, limit.period_s)
 
 
 class Security:
-    """Built before the app; :meth:`install` wires it in."""
+    """Built before the app; :meth:`install` wires it in.
 
-    def __init__(self, settings: Settings) -> None:
+    ``redis`` is the process's shared Redis pool (built by the composition root; the
+    tickets and both rate limiters draw on it). Without one, a Redis bus URL gives
+    each of them a pool of its own."""
+
+    def __init__(self, settings: Settings, *, redis: RedisSource | None = None) -> None:
         self.settings = settings
         # with a Redis bus, tickets and rates live in the same Redis: every
         # worker and node sees them
-        shared = settings.bus_url.startswith(("redis://", "rediss://"))
-        redis_url = settings.bus_url if shared else None
+        if redis is None and settings.bus_url.startswith(("redis://", "rediss://")):
+            redis = settings.bus_url
         self.tickets: TicketStore = (
-            RedisTickets(
-                redis_url, ttl_s=settings.ticket_ttl_s, prefix=f"{settings.bus_prefix}:sec"
-            )
-            if redis_url
+            RedisTickets(redis, ttl_s=settings.ticket_ttl_s, prefix=f"{settings.bus_prefix}:sec")
+            if redis is not None
             else MemoryTickets(ttl_s=settings.ticket_ttl_s)
         )
         prefix = f"{settings.bus_prefix}:sec"
-        self.rate = _rate_limiter(settings.rate_limit, redis_url, prefix)
-        self.frame_rate = _rate_limiter(settings.frame_rate_limit, redis_url, f"{prefix}:frames")
+        self.rate = _rate_limiter(settings.rate_limit, redis, prefix)
+        self.frame_rate = _rate_limiter(settings.frame_rate_limit, redis, f"{prefix}:frames")
         self._limiters = [r for r in (self.rate, self.frame_rate) if r is not None]
         self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
         self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")

@@ -8,16 +8,19 @@ seconds, kept as one number per user (the "theoretical arrival time").
 the number in Redis, updated by one script using Redis's clock, so the limit
 holds across every worker and node sharing that Redis. When Redis cannot be
 reached it falls back to the local limiter (a limit per process, rather than
-none or an outage) and says so in the log once a minute.
+none or an outage) and says so in the log once a minute. Its connections come from
+the process's shared pool, which waits for a free one: a burst queues rather than
+falls back, and a busy pool is never reported as an unreachable Redis.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+__all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "RedisSource", "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,44 @@ class LocalRateLimiter:
         return 0.0
 
 
+#: where a Redis-backed security store gets its connections: the process's shared pool
+#: (a callable the composition root hands over; see ``bus/pool.py``), or a URL for a
+#: pool of the store's own
+RedisSource = str | Callable[[], Any]
+
+#: a pool of one store's own: as big as the shared one, and it waits as long
+_OWN_POOL_SIZE = 64
+_OWN_POOL_WAIT_S = 5.0
+
+
+def redis_client(source: RedisSource, *, timeout_s: float) -> Any:
+    """A redis-py client on ``source``'s pool (closing it closes the pool only if it is
+    the client's own)."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    if isinstance(source, str):
+        pool = BlockingConnectionPool.from_url(
+            source,
+            max_connections=_OWN_POOL_SIZE,
+            timeout=_OWN_POOL_WAIT_S,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        return Redis.from_pool(pool)
+    return Redis(connection_pool=source())
+
+
+def _pool_busy(exc: BaseException) -> bool:
+    """``exc`` says no connection of the pool came free in time: Redis itself may be
+    perfectly healthy."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return isinstance(exc, RedisConnectionError) and str(exc) in (
+        "No connection available.",
+        "Too many connections",
+    )
+
+
 # KEYS: the user's key. ARGV: interval us, tolerance us. Returns the wait in us (0: allowed).
 _GCRA = """
 local t = redis.call('TIME')
@@ -78,9 +119,9 @@ return 0
 
 class RedisRateLimiter:
     def __init__(
-        self, url: str, count: int, period_s: float, *, prefix: str = "sanic-chat:sec"
+        self, redis: RedisSource, count: int, period_s: float, *, prefix: str = "sanic-chat:sec"
     ) -> None:
-        self.url = url
+        self.redis = redis
         self.prefix = prefix
         self.interval_us = int(period_s / count * 1_000_000)
         self.tolerance_us = int(period_s * 1_000_000) - self.interval_us
@@ -90,9 +131,7 @@ class RedisRateLimiter:
         self._warned_at = float("-inf")
 
     async def start(self) -> None:
-        from redis.asyncio import Redis
-
-        self._redis = Redis.from_url(self.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._redis = redis_client(self.redis, timeout_s=2.0)
         self._script = self._redis.register_script(_GCRA)
 
     async def close(self) -> None:
@@ -111,6 +150,12 @@ class RedisRateLimiter:
             now = time.monotonic()
             if now - self._warned_at > 60:
                 self._warned_at = now
-                log.warning("rate limit: Redis unreachable (%s); limiting per process", exc)
+                if _pool_busy(exc):
+                    log.warning(
+                        "rate limit: no free Redis connection in time (%s); limiting per process",
+                        exc,
+                    )
+                else:
+                    log.warning("rate limit: Redis unreachable (%s); limiting per process", exc)
             return await self.fallback.acquire(key)
         return int(wait_us) / 1_000_000

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..core.errors import RateLimited, Unavailable
+from .ratelimit import RedisSource, redis_client
 
 __all__ = ["MemoryTickets", "RedisTickets", "Ticket", "TicketStore"]
 
@@ -138,17 +139,19 @@ return 0
 
 class RedisTickets:
     """Tickets in Redis: ``{prefix}:ticket:{sha256}`` -> user, with a TTL;
-    redeemed with ``GETDEL``."""
+    redeemed with ``GETDEL``. ``redis`` is the process's shared pool (or a URL for a
+    pool of its own): a burst of mints waits for a free connection, never a 503 while
+    Redis is healthy."""
 
     def __init__(
         self,
-        url: str,
+        redis: RedisSource,
         *,
         ttl_s: float = 60.0,
         max_per_window: int = 60,
         prefix: str = "sanic-chat:sec",
     ) -> None:
-        self.url = url
+        self.redis = redis
         self.ttl_s = ttl_s
         self.max_per_window = max_per_window
         self.prefix = prefix
@@ -156,9 +159,7 @@ class RedisTickets:
         self._mint: Any = None
 
     async def start(self) -> None:
-        from redis.asyncio import Redis
-
-        self._redis = Redis.from_url(self.url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._redis = redis_client(self.redis, timeout_s=5.0)
         self._mint = self._redis.register_script(_MINT)
 
     async def close(self) -> None:
