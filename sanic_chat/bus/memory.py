@@ -29,6 +29,7 @@ from sanic_chat.core.events import (
     ServerEvent,
     TerminalEvent,
 )
+from sanic_chat.core.offsets import started_event, text_beyond
 from sanic_chat.core.ports import CancelListener, EventListener, Tail
 
 from .listeners import remove_listener
@@ -54,10 +55,10 @@ class _LiveTail:
     def extend(self, delta: GenerationDelta) -> None:
         """Join by offset, as the Redis bus does: a repeated or overlapping delta adds only
         what is new; one that starts beyond the text so far (a gap) is not appended."""
-        if delta.offset > self.length or delta.end_offset <= self.length:
-            return
-        self.parts.append(delta.text[self.length - delta.offset :])
-        self.length = delta.end_offset
+        new = text_beyond(self.length, delta.offset, delta.text)
+        if new:
+            self.parts.append(new)
+            self.length += len(new)
 
     def compact(self) -> None:
         """One string instead of a part per delta (a finished tail only waits
@@ -112,14 +113,7 @@ class MemoryBus:
                 # a terminal without a live tail (e.g. an orphan marked
                 # interrupted): followers still need to hear it
                 tail = self._tails[event.generation_id] = _LiveTail(
-                    conversation_id,
-                    GenerationStarted(
-                        event.generation_id,
-                        conversation_id,
-                        event.generation_id,
-                        event.message.reply_to,
-                        event.message.model,
-                    ),
+                    conversation_id, started_event(event.message)
                 )
                 tail.parts.append(event.message.content)
                 tail.length = len(event.message.content)

@@ -27,6 +27,7 @@ from sanic_chat.core.events import (
     TerminalEvent,
     event_from_wire,
 )
+from sanic_chat.core.offsets import started_event, text_beyond
 from sanic_chat.core.ports import Tail
 
 log = logging.getLogger(__name__)
@@ -123,17 +124,11 @@ def join_tail(generation_id: str, raw: bytes) -> Tail | None:
         if kind == _DELTA:
             if gap or terminal is not None:
                 continue
-            offset: int = wire["offset"]
-            text: str = wire["text"]
-            if offset == length:
-                parts.append(text)
-                length += len(text)
-            elif offset < length:
-                end = offset + len(text)
-                if end > length:
-                    parts.append(text[length - offset :])
-                    length = end
-            else:
+            new = text_beyond(length, wire["offset"], wire["text"])
+            if new:
+                parts.append(new)
+                length += len(new)
+            elif new is None:
                 gap = True
                 log.warning("tail of %s has a gap at offset %d", generation_id, length)
         elif kind == _STARTED:
@@ -150,13 +145,7 @@ def join_tail(generation_id: str, raw: bytes) -> Tail | None:
         # damaged one: the terminal's message is the whole reply
         message = terminal.message
         if started is None:
-            started = GenerationStarted(
-                generation_id,
-                message.conversation_id,
-                generation_id,
-                message.reply_to,
-                message.model,
-            )
+            started = started_event(message)
         return Tail(started, message.content, terminal, started.conversation_id)
     if started is None:
         return None
