@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from tests.server import free_port
 
 T = TypeVar("T")
 
@@ -27,7 +28,7 @@ _CHUNK = 64 * 1024
 class TcpProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.port = _free_port()
+        self.port = free_port()
         self.connections_made = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -128,9 +129,3 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (OSError, RuntimeError):
         writer.transport.abort()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -3,6 +3,8 @@ end-to-end tests, and a fake LLM beside it when a test needs one."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str]
+    #: started in a session (process group) of its own: stop() also SIGKILLs the group
+    own_session: bool = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,7 +47,62 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.own_session:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # any worker left behind
         return self.process.returncode
+
+    def wait_workers(self, workers: int, timeout: float = 30.0) -> None:
+        """Until ``workers`` workers logged "Worker ready". Polled often, so that a test
+        that acts at once acts within moments of the last one -- before Sanic's main
+        process has taken note of it (it looks every 0.1 s), the moment of start-up races."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Worker ready") < workers:
+            assert self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.005)
+
+
+def launch(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    own_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """``python argv...``, its stdout and stderr into ``log_path``; not waited for.
+    ``own_session``: a session (process group) of its own -- Sanic's worker manager,
+    when a worker fails, SIGKILLs its workers' whole process group, which must not
+    be the test run's."""
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )
+
+
+def start_server(
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    port: int | None = None,
+    args: Sequence[str] = (),
+    own_session: bool = False,
+) -> RunningServer:
+    """``sanic-chat serve`` with exactly ``env`` as its environment; not waited for
+    (:func:`wait_ready`). :func:`run_server` is this with the waiting and stopping."""
+    port = port or free_port()
+    argv = ("-m", "sanic_chat", "serve", "--port", str(port), *args)
+    process = launch(argv, log_path, env=env, own_session=own_session)
+    base_url = f"http://127.0.0.1:{port}"
+    return RunningServer(
+        base_url, f"ws://127.0.0.1:{port}/ws", process, log_path, dict(env), own_session
+    )
 
 
 def wait_ready(
@@ -68,8 +127,15 @@ def run_server(
     args: tuple[str, ...] = (),
     port: int | None = None,
     data_dir: str | None = None,
+    own_session: bool = False,
 ) -> Iterator[RunningServer]:
-    port = port or free_port()
+    """The one launcher of a test server: ``sanic-chat serve`` on a free loopback
+    port with this process's environment plus ``env``, ready (``/healthz``) when
+    yielded, stopped with SIGTERM (SIGKILL after 30 s) at the end and its throwaway
+    PostgreSQL schema dropped. ``own_session``: as a cluster node -- in a process
+    group of its own (see :func:`launch`), yielded once every worker serves (a
+    worker told to stop while still starting may die of the signal, or miss it and
+    be stopped only when the main process exits), the whole group SIGKILLed last."""
     with tempfile.TemporaryDirectory(prefix="sanic-chat-test-") as tmp:
         full_env = {
             **os.environ,
@@ -78,22 +144,16 @@ def run_server(
             **(env or {}),
         }
         log_path = Path(tmp) / "server.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sanic_chat", "serve", "--port", str(port), *args],
-                env=full_env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            server = RunningServer(
-                f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", process, log_path, full_env
-            )
-            try:
-                wait_ready(f"{server.base_url}/healthz", process, log_path)
-                yield server
-            finally:
-                server.stop()
-                drop_test_schema(full_env.get("SANIC_CHAT_DATABASE_URL", ""))
+        server = start_server(full_env, log_path, port=port, args=args, own_session=own_session)
+        try:
+            wait_ready(f"{server.base_url}/healthz", server.process, log_path)
+            if own_session:
+                workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+                server.wait_workers(workers)
+            yield server
+        finally:
+            server.stop()
+            drop_test_schema(full_env.get("SANIC_CHAT_DATABASE_URL", ""))
 
 
 DEMO_MODELS_TOML = """
@@ -127,16 +187,52 @@ def drop_test_schema(database_url: str) -> None:
     schema = query.split("schema=", 1)[1].split("&", 1)[0]
     import psycopg2  # installed with aiopg
 
+    with contextlib.suppress(psycopg2.Error):
+        drop_schema(base, schema)
+
+
+def drop_schema(base_url: str, schema: str) -> None:
+    """``DROP SCHEMA ... CASCADE`` on the PostgreSQL database at ``base_url``."""
+    import psycopg2
+
+    admin = psycopg2.connect(base_url, connect_timeout=5)
     try:
-        connection = psycopg2.connect(base, connect_timeout=5)
-    except psycopg2.Error:
-        return
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
             cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
-        connection.close()
+        admin.close()
+
+
+def migrate_store(url: str) -> None:
+    """The store's own migration on ``url``, in a thread: callers may be inside a
+    running event loop."""
+    from sanic_chat.store import open_store
+
+    async def run() -> None:
+        store = await open_store(url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+@contextlib.contextmanager
+def migrated_schema(schema: str) -> Iterator[str]:
+    """A fresh schema on the shared PostgreSQL test database, made by the store's own
+    migration and dropped afterwards; yields its URL (``...?schema=<schema>``)."""
+    from tests.conftest import require_postgres
+
+    base = require_postgres()
+    url = f"{base}?schema={schema}"
+    migrate_store(url)
+    try:
+        yield url
+    finally:
+        drop_schema(base, schema)
 
 
 def database_env(backend: str) -> dict[str, str]:

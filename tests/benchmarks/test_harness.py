@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from websockets.asyncio.client import connect
 from benchmarks.frames import ReplyTracker
 from benchmarks.load import LoadConfig, run_load, write_outputs
 from sanic_chat.testing.fake_llm import FakeLLM, reply_text
-from tests.server import free_port, run_server, wait_ready
+from tests.server import free_port, launch, run_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_DEMO = """
@@ -126,16 +124,8 @@ def floor_url(tmp_path: Path) -> Iterator[tuple[str, FakeLLM]]:
     with FakeLLM(ttft_ms=0, tps=0, tokens=20) as fake:
         port = free_port()
         log = tmp_path / "floor.log"
-        with open(log, "wb") as handle:
-            process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "benchmarks.floor", "--port", str(port)),
-                    *("--upstream", f"{fake.base_url}/v1"),
-                ],
-                cwd=ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
+        argv = ("-m", "benchmarks.floor", "--port", str(port), "--upstream", f"{fake.base_url}/v1")
+        process = launch(argv, log, cwd=ROOT)
         try:
             wait_ready(f"http://127.0.0.1:{port}/healthz", process, log)
             yield f"http://127.0.0.1:{port}", fake

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,7 @@ import httpx
 import psycopg2
 import redis
 
-from tests.server import RunningServer, free_port, wait_ready
+from tests.server import RunningServer, drop_schema, run_server
 
 #: demo models, paced: ``quick`` ends at once, ``steady`` streams for about 2 s,
 #: ``long`` for about 20 s (time to kill or cut something mid-reply)
@@ -101,81 +100,40 @@ class Cluster:
         with run_node(env, args=args) as server:
             yield server
 
-    def stored(self, message_id: str) -> dict[str, Any]:
-        """A message row, read straight from the cluster's schema."""
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` (``{schema}`` is the cluster's schema), read straight from
+        PostgreSQL on a connection of its own."""
         conn = psycopg2.connect(self.postgres_url, connect_timeout=5)
         try:
             with conn.cursor() as cursor:
-                cursor.execute(
-                    f'SELECT id, role, content, status, error_code FROM "{self.schema}".message '
-                    "WHERE id = %s",
-                    (message_id,),
-                )
-                row = cursor.fetchone()
+                cursor.execute(sql.replace("{schema}", self.schema), params)
+                return list(cursor.fetchall())
         finally:
             conn.close()
-        assert row is not None, f"message {message_id} is not stored"
+
+    def stored(self, message_id: str) -> dict[str, Any]:
+        """A message row, read straight from the cluster's schema."""
         keys = ("id", "role", "content", "status", "error_code")
-        return dict(zip(keys, row, strict=True))
+        rows = self.query(
+            f'SELECT {", ".join(keys)} FROM "{{schema}}".message WHERE id = %s', message_id
+        )
+        assert rows, f"message {message_id} is not stored"
+        return dict(zip(keys, rows[0], strict=True))
 
     def count_messages(self, conversation_id: str) -> dict[str, int]:
         """How many messages of each role a conversation holds."""
-        conn = psycopg2.connect(self.postgres_url, connect_timeout=5)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(
-                    f'SELECT role, count(*) FROM "{self.schema}".message '
-                    "WHERE conversation_id = %s GROUP BY role",
-                    (conversation_id,),
-                )
-                return {role: int(count) for role, count in cursor.fetchall()}
-        finally:
-            conn.close()
+        sql = (
+            'SELECT role, count(*) FROM "{schema}".message WHERE conversation_id = %s GROUP BY role'
+        )
+        return {role: int(count) for role, count in self.query(sql, conversation_id)}
 
 
 @contextlib.contextmanager
 def run_node(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[RunningServer]:
-    """``sanic-chat serve`` in a session (process group) of its own: Sanic's worker
-    manager, when a worker fails, SIGKILLs its workers' whole process group -- which
-    must not be the test run's. At the end: SIGTERM, then SIGKILL for the group."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="sanic-chat-node-") as tmp:
-        full_env = {**os.environ, "SANIC_CHAT_DATA_DIR": tmp, "PYTHONUNBUFFERED": "1", **env}
-        log_path = Path(tmp) / "server.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sanic_chat", "serve", "--port", str(port), *args],
-                env=full_env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            server = RunningServer(
-                f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", process, log_path, full_env
-            )
-            try:
-                wait_ready(f"{server.base_url}/healthz", process, log_path)
-                # the first worker up answers /healthz; a test starts once every worker
-                # serves (a worker told to stop while still starting may die of the
-                # signal, or miss it and be stopped only when the main process exits)
-                workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
-                _wait_workers_ready(server, workers)
-                yield server
-            finally:
-                server.stop()
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
-
-
-def _wait_workers_ready(server: RunningServer, workers: int, timeout: float = 30.0) -> None:
-    """Until every worker logged "Worker ready". Polled often, so that a test that acts at
-    once acts within moments of the last one -- before Sanic's main process has taken
-    note of it (it looks every 0.1 s), the moment of start-up races."""
-    deadline = time.monotonic() + timeout
-    while server.log().count("Worker ready") < workers:
-        assert server.process.poll() is None, server.log()
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.005)
+    """``sanic-chat serve`` as a node: in a process group of its own, yielded once every
+    worker serves, the group SIGKILLed at the end (``run_server(own_session=True)``)."""
+    with run_server(env, args=args, own_session=True) as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -195,13 +153,7 @@ def cluster(postgres_url: str, redis_url: str, directory: Path) -> Iterator[Clus
     try:
         yield made
     finally:
-        admin = psycopg2.connect(postgres_url, connect_timeout=5)
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            admin.close()
+        drop_schema(postgres_url, schema)
         client = redis.Redis.from_url(redis_url)
         try:
             for key in client.scan_iter(match=f"{prefix}:*", count=1000):

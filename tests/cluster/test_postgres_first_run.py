@@ -23,7 +23,14 @@ import pytest
 
 from tests.chaos import TcpProxy
 from tests.conftest import require_postgres
-from tests.server import RunningServer, demo_models_file, drop_test_schema, free_port, wait_ready
+from tests.server import (
+    RunningServer,
+    demo_models_file,
+    drop_test_schema,
+    free_port,
+    start_server,
+    wait_ready,
+)
 from tests.transports.support import ws_client
 
 pytestmark = pytest.mark.postgres
@@ -82,18 +89,7 @@ def servers(count: int, **settings: str) -> Iterator[list[RunningServer]]:
         started: list[RunningServer] = []
         for _ in range(count):
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            port = free_port()
-            log_path = directory / "server.log"
-            log_file = stack.enter_context(open(log_path, "wb"))
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sanic_chat", "serve", "--port", str(port)],
-                env=server_env(directory, **settings),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            server = RunningServer(
-                f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", process, log_path, {}
-            )
+            server = start_server(server_env(directory, **settings), directory / "server.log")
             stack.callback(server.stop)
             started.append(server)
         for server in started:

@@ -17,12 +17,10 @@ from typing import Any
 
 import httpx
 import jwt
-import psycopg2
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import require_postgres
-from tests.server import RunningServer, run_server
+from tests.server import RunningServer, migrated_schema, run_server
 
 SECRET = "test-secret-" + "x" * 52  # 64 bytes: enough even for HS512
 TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}
@@ -68,29 +66,8 @@ def server_with(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterat
 @contextlib.contextmanager
 def postgres_schema() -> Iterator[str]:
     """A database URL on a fresh, migrated PostgreSQL schema, dropped afterwards."""
-    url = require_postgres()
-    schema = f"test_security_{uuid.uuid4().hex[:12]}"
-
-    async def migrate() -> None:
-        from sanic_chat.store import open_store
-
-        store = await open_store(url, schema=schema)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    asyncio.run(migrate())
-    try:
-        yield f"{url}?schema={schema}"
-    finally:
-        admin = psycopg2.connect(url, connect_timeout=5)
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            admin.close()
+    with migrated_schema(f"test_security_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- tokens

@@ -10,7 +10,6 @@ Reply speed is set by demo models in a models file.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import socket
 import time
@@ -22,12 +21,10 @@ from typing import Any
 
 import httpx
 import orjson
-import psycopg2
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import require_postgres
-from tests.server import RunningServer, run_server
+from tests.server import RunningServer, migrated_schema, run_server
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -76,21 +73,6 @@ class Database:
     url: str | None = None
 
 
-def _migrate(url: str) -> None:
-    from sanic_chat.store import open_store
-
-    async def run() -> None:
-        store = await open_store(url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    # in a thread: callers may be inside a running event loop
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, run()).result()
-
-
 @contextlib.contextmanager
 def database(backend: str, tmp: Path) -> Iterator[Database]:
     data_dir = tmp / f"data-{uuid.uuid4().hex[:8]}"
@@ -98,20 +80,9 @@ def database(backend: str, tmp: Path) -> Iterator[Database]:
     if backend == "sqlite":
         yield Database("sqlite", data_dir)
         return
-    base = require_postgres()
     schema = f"test_transport_{uuid.uuid4().hex[:16]}"
-    url = f"{base}?schema={schema}"
-    _migrate(url)
-    try:
+    with migrated_schema(schema) as url:
         yield Database("postgres", data_dir, {"SANIC_CHAT_DATABASE_URL": url}, schema, url)
-    finally:
-        admin = psycopg2.connect(base, connect_timeout=5)
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            admin.close()
 
 
 @contextlib.contextmanager
