@@ -28,7 +28,6 @@ from .following import Following
 from .generation import Generation
 from .leases import Leases
 from .load import linger_s
-from .outbox import Outbox
 from .ports import Bus, EventListener, MessageStore, Models, Posted
 from .posting import Posting, ServiceHooks
 from .records import Conversation, Message
@@ -154,27 +153,6 @@ class ChatService:
     ) -> Callable[[], Awaitable[None]]:
         """Listen to a conversation's events from now on; returns an unsubscribe."""
         return await self.bus.subscribe(conversation_id, listener)
-
-    async def follow(
-        self,
-        owner: str,
-        generation_id: str,
-        offset: int,
-        outbox: Outbox,
-        *,
-        conversation_id: str | None = None,
-        restart: bool = True,
-    ) -> Callable[[], Awaitable[None]] | None:
-        return await self.following.follow(
-            owner, generation_id, offset, outbox, conversation_id=conversation_id, restart=restart
-        )
-
-    async def follow_conversation(
-        self, owner: str, conversation_id: str, generation_id: str, offset: int, outbox: Outbox
-    ) -> list[Callable[[], Awaitable[None]]]:
-        return await self.following.follow_conversation(
-            owner, conversation_id, generation_id, offset, outbox
-        )
 
     # ------------------------------------------------------------------ ConversationDirectory
 

@@ -176,7 +176,7 @@ class ChatSession:
         await self._ensure_subscribed(conversation_id, live.hear)
         try:
             self._follows.extend(
-                await self.service.follow_conversation(
+                await self.service.following.follow_conversation(
                     self.user,
                     conversation_id,
                     frame.generation_id,
@@ -197,7 +197,7 @@ class ChatSession:
         )
 
     async def _follow(self, generation_id: str, offset: int, *, restart: bool = True) -> None:
-        unsubscribe = await self.service.follow(
+        unsubscribe = await self.service.following.follow(
             self.user, generation_id, offset, self.outbox, restart=restart
         )
         if unsubscribe is not None:
