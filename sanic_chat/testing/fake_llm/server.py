@@ -19,18 +19,6 @@ from .directives import DirectiveError, FakeOptions, Fault
 from .formats import FORMATS, Reply, WireFormat
 from .http import HttpConnection, Request
 
-__all__ = [
-    "DIRECTIVE_HEADER",
-    "DirectiveError",
-    "FakeLLM",
-    "FakeLLMServer",
-    "FakeOptions",
-    "Fault",
-    "reply_text",
-    "reply_tokens",
-    "serve_fake_llm",
-]
-
 DIRECTIVE_HEADER = "x-fake-llm"
 _MAGIC = re.compile(r"\[fake-llm:?([^\]]*)\]")
 _ROUTES = {
