@@ -8,17 +8,19 @@ peewee-async leaves the versions this was checked against (``CHECKED_AGAINST``;
 ``pyproject.toml`` pins the same ranges): re-read each piece below against the
 new version, then widen the range.
 
-1. :class:`PostgresPool`, in place of aiopg's pool (peewee-async's
-   ``AioPgPoolBackend`` builds one with ``aiopg.create_pool``). aiopg's hands
-   out idle connections oldest-first (a deque) and takes one lock for acquire
-   and release, held while it opens a connection; on a saturated event loop
-   each hand-off then waits a turn of the loop and the pool stops growing.
-   Upstream: no issue found for either (the nearest, for starvation in
-   asyncpg's pool: MagicStack/asyncpg#1247).
+1. :class:`PostgresPool` (on ``pool.py``'s slots, shared with the SQLite
+   pool), in place of aiopg's pool (peewee-async's ``AioPgPoolBackend`` builds
+   one with ``aiopg.create_pool``). aiopg's hands out idle connections
+   oldest-first (a deque) and takes one lock for acquire and release, held
+   while it opens a connection; on a saturated event loop each hand-off then
+   waits a turn of the loop and the pool stops growing. Upstream: no issue
+   found for either (the nearest, starvation in asyncpg's pool:
+   https://github.com/MagicStack/asyncpg/issues/1247).
    Benchmark: ``python -m benchmarks.store_cost --backend postgres`` and the
-   ``seed`` scenario at 300 chats; ``benchmarks/RESULTS.md``, "Second pass":
-   with the one-statement post and batched checkpoints, post p50 164-178 ->
-   17.5 ms and store CPU per message cycle 1.45-1.54 -> 1.13-1.27 ms.
+   ``seed`` scenario at 300 chats; ``benchmarks/RESULTS.md``, "Second pass"
+   (together with the one-statement post and batched checkpoints: post p50
+   164-178 -> 17.5 ms, store CPU per message cycle 1.45-1.54 -> 1.13-1.27 ms).
+   Tests: ``test_postgres_pool_*`` in ``tests/store/test_sql.py``.
    Delete when: aiopg's pool reuses newest-first without a lock across a
    connect, and those numbers hold with it.
 2. :class:`_Connection` -- a failed connect (refused, no such database) leaves
@@ -43,7 +45,6 @@ new version, then widen the range.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
@@ -52,6 +53,8 @@ from typing import Any
 import aiopg
 import peewee
 import psycopg2.extensions
+
+from .pool import SlotPool
 
 __all__ = [
     "CHECKED_AGAINST",
@@ -183,15 +186,13 @@ async def _open_connection(timeout: float, connect: dict[str, Any]) -> aiopg.Con
     return connection
 
 
-class PostgresPool:
-    """A few aiopg connections, the one used last handed out first.
-
-    At most ``size`` connections exist; an acquirer waits for a free slot (at
-    most ``timeout``), then takes the newest idle connection or opens one in
-    its own slot. A connection handed back closed, broken or mid-transaction
-    is closed rather than reused, and one left idle for ``idle_timeout`` is
-    closed too (a server, proxy or NAT may drop it silently meanwhile). This
-    replaces aiopg's pool, for two costs measured under load:
+class PostgresPool(SlotPool[aiopg.Connection]):
+    """A few aiopg connections, the one used last handed out first (``pool.py``:
+    the slots; an acquirer waits at most ``timeout`` for one). A connection
+    handed back closed, broken or mid-transaction is closed rather than
+    reused, and one left idle for ``idle_timeout`` is closed too (a server,
+    proxy or NAT may drop it silently meanwhile). This replaces aiopg's pool,
+    for two costs measured under load (item 1 of the header):
 
     * aiopg hands its idle connections out oldest-first: with ten open, even
       one task's statements each go to another backend, which here cost about
@@ -204,6 +205,8 @@ class PostgresPool:
       waits but for a slot, and a connection is opened in the slot it is for.
     """
 
+    kind = "PostgreSQL"
+
     def __init__(
         self,
         *,
@@ -212,51 +215,35 @@ class PostgresPool:
         connect: dict[str, Any],
         idle_timeout: float = 120.0,
     ) -> None:
-        self._timeout = timeout
+        super().__init__(size=size, timeout=timeout)
         self._connect = connect
         self._idle_timeout = idle_timeout
-        self._slots = asyncio.Semaphore(size)
         #: (when it was handed back, connection), oldest first
         self._idle: list[tuple[float, aiopg.Connection]] = []
-        self._used: set[aiopg.Connection] = set()
-        self.closed = False
 
-    async def acquire(self) -> aiopg.Connection:
-        if self.closed:
-            raise peewee.InterfaceError("the PostgreSQL pool is closed")
-        async with asyncio.timeout(self._timeout):
-            await self._slots.acquire()
-        try:
-            if self.closed:
-                raise peewee.InterfaceError("the PostgreSQL pool is closed")
-            self._close_stale()
-            conn = None
-            while self._idle and conn is None:
-                _, conn = self._idle.pop()
-                if conn.closed:
-                    conn = None
-            if conn is None:
-                conn = await _open_connection(self._timeout, self._connect)
-        except BaseException:
-            self._slots.release()
-            raise
-        self._used.add(conn)
-        return conn
+    async def _open(self) -> aiopg.Connection:
+        assert self._timeout is not None
+        return await _open_connection(self._timeout, self._connect)
 
-    async def release(self, conn: aiopg.Connection) -> None:
-        self._used.discard(conn)
-        try:
-            if (
-                self.closed
-                or conn.closed
-                or conn.raw.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE
-            ):
-                conn.close()
-            else:
-                self._idle.append((time.monotonic(), conn))
-                self._close_stale()
-        finally:
-            self._slots.release()
+    def _take_idle(self) -> aiopg.Connection | None:
+        self._close_stale()
+        while self._idle:
+            _, conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def _reusable(self, conn: aiopg.Connection) -> bool:
+        return not conn.closed and (
+            conn.raw.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
+
+    def _keep(self, conn: aiopg.Connection) -> None:
+        self._idle.append((time.monotonic(), conn))
+        self._close_stale()
+
+    async def _close(self, conn: aiopg.Connection) -> None:
+        conn.close()
 
     def _close_stale(self) -> None:
         stale_before = time.monotonic() - self._idle_timeout
@@ -270,6 +257,3 @@ class PostgresPool:
         idle, self._idle = self._idle, []
         for conn in [*(conn for _, conn in idle), *self._used]:
             conn.close()
-
-    def has_acquired_connections(self) -> bool:
-        return bool(self._used)

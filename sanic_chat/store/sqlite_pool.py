@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 import aiosqlite
-import peewee
+
+from .pool import SlotPool
 
 __all__ = ["SqliteConnection", "SqlitePool"]
 
@@ -113,22 +114,20 @@ class SqliteConnection:
         await self.raw.close()
 
 
-class SqlitePool:
-    """A few persistent aiosqlite connections, each configured once.
+class SqlitePool(SlotPool[SqliteConnection]):
+    """A few persistent aiosqlite connections, each configured once (``pool.py``:
+    the slots). One handed back with a transaction still open (its ROLLBACK
+    failed) is closed rather than reused."""
 
-    At most ``size`` connections exist; an acquirer waits for a free one. A
-    connection handed back with a transaction still open (its ROLLBACK failed)
-    is closed rather than reused, so no caller ever inherits another's
-    half-done transaction.
-    """
+    kind = "SQLite"
 
     def __init__(self, path: str, *, size: int, busy_timeout: float) -> None:
+        # an acquirer waits for a connection as long as it takes (the busy
+        # timeout bounds what a writer then waits for another process)
+        super().__init__(size=size, timeout=None)
         self._path = path
         self._busy_timeout = busy_timeout
-        self._slots = asyncio.Semaphore(size)
         self._idle: list[SqliteConnection] = []
-        self._used: set[SqliteConnection] = set()
-        self.closed = False
 
     async def _open(self) -> SqliteConnection:
         # Fail here, in a plain thread, when the file cannot be opened: aiosqlite's
@@ -178,29 +177,17 @@ class SqlitePool:
         finally:
             conn.close()
 
-    async def acquire(self) -> SqliteConnection:
-        if self.closed:
-            raise peewee.InterfaceError("the SQLite pool is closed")
-        await self._slots.acquire()
-        try:
-            if self.closed:
-                raise peewee.InterfaceError("the SQLite pool is closed")
-            conn = self._idle.pop() if self._idle else await self._open()
-        except BaseException:
-            self._slots.release()
-            raise
-        self._used.add(conn)
-        return conn
+    def _take_idle(self) -> SqliteConnection | None:
+        return self._idle.pop() if self._idle else None
 
-    async def release(self, conn: SqliteConnection) -> None:
-        self._used.discard(conn)
-        try:
-            if self.closed or conn.in_transaction:
-                await conn.close()
-            else:
-                self._idle.append(conn)
-        finally:
-            self._slots.release()
+    def _reusable(self, conn: SqliteConnection) -> bool:
+        return not conn.in_transaction
+
+    def _keep(self, conn: SqliteConnection) -> None:
+        self._idle.append(conn)
+
+    async def _close(self, conn: SqliteConnection) -> None:
+        await conn.close()
 
     async def close(self) -> None:
         # Connections in use are closed when they come back (see release).
@@ -208,6 +195,3 @@ class SqlitePool:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
-
-    def has_acquired_connections(self) -> bool:
-        return bool(self._used)
