@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings, default_database_url
+from .redaction import redact_url
 
 if TYPE_CHECKING:
     from .core.ports import Bus
@@ -44,16 +45,6 @@ __all__ = [
 class StartupError(Exception):
     """The environment stops sanic-chat from starting; the message (one line)
     names the cause and what to fix."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from sanic_chat.core.ports import Bus
 
+from ..redaction import redact_url
 from .memory import MemoryBus
 
 __all__ = ["open_bus"]
@@ -39,7 +40,7 @@ def open_bus(
         parts = urlsplit(url)
         _ = parts.port  # a port that is not a number in range raises ValueError
     except ValueError:
-        raise ValueError(f"unsupported bus URL {_redact(url)!r}: use {_ACCEPTED}") from None
+        raise ValueError(f"unsupported bus URL {redact_url(url)!r}: use {_ACCEPTED}") from None
     if parts.scheme == "memory" and not (parts.netloc or parts.path):
         return MemoryBus(tail_ttl_s=tail_ttl_s)
     db = parts.path.strip("/")
@@ -57,15 +58,4 @@ def open_bus(
             node_id=node_id,
             pool=pool() if pool is not None else None,
         )
-    raise ValueError(f"unsupported bus URL {_redact(url)!r}: use {_ACCEPTED}")
-
-
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return parts._replace(netloc=netloc).geturl()
-    except ValueError:
-        return "<unparsable>"
+    raise ValueError(f"unsupported bus URL {redact_url(url)!r}: use {_ACCEPTED}")
