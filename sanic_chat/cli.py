@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 from .config import ConfigError, Settings, parse_log_level, unknown_variables
@@ -118,6 +115,7 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> int:
     from sanic.worker.loader import AppLoader
 
     from .providers.catalog import ConfigError as ModelsConfigError
+    from .sanic_internals import stop_workers_from_the_monitor_loop
 
     try:
         loader = AppLoader(factory=partial(_served_app, "sanic_chat"))
@@ -143,7 +141,7 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> int:
         if args.workers == 1:
             Sanic.serve_single(primary=app)
         else:
-            app.main_process_ready(_stop_workers_from_the_monitor_loop)
+            app.main_process_ready(stop_workers_from_the_monitor_loop)
             Sanic.serve(primary=app, app_loader=loader)
     except StartupError:
         # what changed since _check_environment; Sanic has logged it, in one line
@@ -181,54 +179,6 @@ def _warn_unknown_variables(settings: Settings) -> None:
             log.warning(warning)  # stdout and stderr carry JSON lines only
         else:
             print(f"sanic-chat: warning: {warning}", file=sys.stderr)
-
-
-#: Sanic's monitor message that stops every worker (what ``app.m.terminate()`` sends)
-_TERMINATE = "__TERMINATE__"
-
-
-def _stop_workers_from_the_monitor_loop(app: Any) -> None:
-    """``--workers N``, in the main process: SIGTERM and SIGINT become a message to
-    Sanic's monitor loop, which stops the workers; a second signal kills the whole
-    process group at once, as Sanic's own handler does.
-
-    Sanic's own handler stops the workers from inside the signal handler, which fails
-    in two ways:
-
-    * It marks every worker TERMINATED in the shared worker state and queues a None.
-      The main process notes that its workers started only when it next looks (every
-      0.1 s, later under load), and until then it waits for their acks: that wait
-      passes every message but one back round, and never reads TERMINATED as acked.
-      A SIGTERM just after start-up leaves the main process spinning for ever, its
-      workers drained and gone.
-    * Its calls to the state's manager process cut into the call the main thread may
-      be making: the replies cross, an exception escapes, a worker is never told to
-      stop, and the node exits 1.
-
-    The message makes no such call, and the wait for acks passes it round until they
-    are in (a busy wait, no longer than a worker still starting takes); the monitor
-    loop then stops the workers as Sanic's handler would have.
-    """
-    from sanic.exceptions import ServerKilled
-
-    manager = app.manager
-    received = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal received
-        name = signal.Signals(signum).name
-        if received:
-            log.warning("%s again: killing the workers", name)
-            with contextlib.suppress(ServerKilled):
-                manager.kill()
-            return
-        received = True
-        log.info("%s: stopping the workers", name)
-        # one small write to a pipe, whatever the main thread was doing
-        manager.monitor_publisher.send(_TERMINATE)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -7,14 +7,15 @@ prints a traceback into the server log (a log flood for whoever sends them),
 the frame is silently dropped, and the peer never learns why. Found by
 ``tests/security/test_hostile_frames.py``.
 
-:func:`install` wraps the assembler's ``put`` once per process so that such a
-frame fails the connection with close code 1007 (invalid frame payload data).
-The wrapper is inert for every well-formed frame.
+:func:`install` has the assembler's ``put`` wrapped once per process (in
+``sanic_internals.py``, the one module that touches Sanic's internals) so that
+such a frame fails the connection with close code 1007 (invalid frame payload
+data). The wrapper is inert for every well-formed frame.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from ..sanic_internals import fail_on_bad_utf8
 
 __all__ = ["INVALID_PAYLOAD", "install"]
 
@@ -22,19 +23,4 @@ INVALID_PAYLOAD = 1007
 
 
 def install() -> None:
-    from sanic.server.websockets.frame import WebsocketFrameAssembler
-
-    original = WebsocketFrameAssembler.put
-    if getattr(original, "_fails_on_bad_utf8", False):
-        return
-
-    async def put(self: Any, frame: Any) -> None:
-        try:
-            await original(self, frame)
-        except UnicodeDecodeError:
-            self.decoder = None
-            self.chunks = []
-            self.protocol.fail_connection(INVALID_PAYLOAD, "text frame is not valid UTF-8")
-
-    put._fails_on_bad_utf8 = True  # type: ignore[attr-defined]
-    WebsocketFrameAssembler.put = put  # type: ignore[method-assign]
+    fail_on_bad_utf8(INVALID_PAYLOAD, "text frame is not valid UTF-8")

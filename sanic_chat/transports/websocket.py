@@ -24,8 +24,8 @@ from ..api.docs import describe_websocket
 from ..core.errors import BadRequest, ChatError
 from ..core.events import ErrorEvent, encode_event
 from ..core.outbox import Outbox, SlowConsumer
+from ..sanic_internals import bound_websocket_input, receive_message
 from .base import TransportContext
-from .ws_receive import receive_message
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ _PER_CONNECTION_AT_DEBUG = _PerConnectionAtDebug()
 
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     logging.getLogger("sanic.websockets").addFilter(_PER_CONNECTION_AT_DEBUG)  # once: same filter
+    bound_websocket_input()  # every connection's unhandled input, bounded (once)
     #: open sockets with their outbox and writer, told to go away at shutdown
     sockets: dict[WebsocketImplProtocol, tuple[Outbox, asyncio.Task[None]]] = {}
 

@@ -2,7 +2,7 @@
 still chats.
 
 Each idle connection's reader waits for its next frame with a deadline (see
-``transports/ws_receive.py``). When thousands of peers go away together the server's
+``sanic_internals.py``). When thousands of peers go away together the server's
 loop lags, and for some connections the deadline fires after their end of stream was
 handled but before the wake-up it scheduled has run: that wake-up then finds a timeout
 that is already expiring. That was a ``RuntimeError`` traceback per such connection

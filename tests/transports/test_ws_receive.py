@@ -18,7 +18,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from sanic_chat.transports.ws_receive import receive_message
+from sanic_chat.sanic_internals import receive_message
 
 
 def _socket() -> WebsocketImplProtocol:
