@@ -53,8 +53,11 @@ class SlotPool(Generic[C]):
     async def acquire(self) -> C:
         if self.closed:
             raise peewee.InterfaceError(f"the {self.kind} pool is closed")
-        async with asyncio.timeout(self._timeout):
+        if self._timeout is None:  # no timer to arm and cancel (SQLite: every statement)
             await self._slots.acquire()
+        else:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
         try:
             if self.closed:
                 raise peewee.InterfaceError(f"the {self.kind} pool is closed")
