@@ -1,12 +1,10 @@
-"""Every touch of Sanic's (and its websockets') internals outside security/handshakes.py.
+"""Every touch of Sanic's (and its websockets') internals.
 
 Checked against Sanic 25.12.x and websockets 17.x (:data:`SANIC_CHECKED`,
 :data:`WEBSOCKETS_CHECKED`); ``pyproject.toml`` pins Sanic to that range and
 ``tests/transports/test_sanic_internals.py`` fails, naming this module, on any
 other release: re-read each part below against the new one, delete what upstream
-now does itself, then move the range. (``security/handshakes.py`` holds the
-request-head deadline, which patches Sanic's HTTP protocol; it has its own gated
-test, ``tests/security/test_slowloris.py``.) No upstream issue was found for the
+now does itself, then move the range. No upstream issue was found for the
 three WebSocket behaviours below; the design they come from is sanic-org/sanic#2000
 (https://github.com/sanic-org/sanic/issues/2000, "RFC: Internal websocket handling").
 
@@ -42,6 +40,17 @@ three WebSocket behaviours below; the design they come from is sanic-org/sanic#2
    leave the main process spinning for ever or exit 1 (its docstring says how);
    ``tests/cli`` drive it. Delete when a SIGTERM just after start-up stops a
    multi-worker Sanic with status 0.
+5. **Request heads** (:func:`watch_request_heads`, :func:`head_unfinished`,
+   :func:`time_out_request`): ``REQUEST_TIMEOUT`` restarts with every chunk
+   received (``HttpProtocol.data_received`` resets ``_time``), so a client that
+   trickles one header line every few seconds holds its connection for ever, and
+   nothing caps such connections. These hooks let ``security/handshakes.py`` (the
+   policy: a deadline from connection start to the end of the head, and a cap)
+   see a connection open, receive and close, ask whether it is still sending its
+   head, and time it out as Sanic's own ``check_timeouts`` does (408 for a
+   half-read head). ``tests/security/test_slowloris.py`` shows the trickle. Delete
+   when Sanic bounds the whole request head in time and caps the connections
+   still sending one.
 """
 
 from __future__ import annotations
@@ -55,7 +64,9 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
-from sanic.exceptions import WebsocketClosed
+from sanic.exceptions import RequestTimeout, WebsocketClosed
+from sanic.http import Stage
+from sanic.server.protocols.http_protocol import HttpProtocol
 from sanic.server.websockets.frame import WebsocketFrameAssembler
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.protocol import State
@@ -66,10 +77,14 @@ __all__ = [
     "INPUT_BACKLOG_BYTES",
     "SANIC_CHECKED",
     "WEBSOCKETS_CHECKED",
+    "between_requests",
     "bound_websocket_input",
     "fail_on_bad_utf8",
+    "head_unfinished",
     "receive_message",
     "stop_workers_from_the_monitor_loop",
+    "time_out_request",
+    "watch_request_heads",
 ]
 
 log = logging.getLogger(__name__)
@@ -374,3 +389,68 @@ def stop_workers_from_the_monitor_loop(app: Any) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+
+
+# ------------------------------------------------------------------ 5. request heads
+
+
+def watch_request_heads(
+    *,
+    opened: Callable[[Any], None],
+    received: Callable[[Any], None],
+    lost: Callable[[Any], None],
+) -> None:
+    """Call ``opened(protocol)`` when an HTTP connection is made, ``received(protocol)``
+    before each chunk of HTTP bytes is handled (a WebSocket's frames bypass it once
+    upgraded), and ``lost(protocol)`` when it closes. Installed once per process."""
+    if getattr(HttpProtocol, "_sanic_chat_heads", False):
+        return
+    connection_made = HttpProtocol.connection_made
+    data_received = HttpProtocol.data_received
+    connection_lost = HttpProtocol.connection_lost
+
+    def on_connection_made(self: Any, transport: Any) -> None:
+        connection_made(self, transport)
+        opened(self)
+
+    def on_data_received(self: Any, data: bytes) -> None:
+        received(self)
+        data_received(self, data)
+
+    def on_connection_lost(self: Any, exc: Exception | None) -> None:
+        lost(self)
+        connection_lost(self, exc)
+
+    HttpProtocol.connection_made = on_connection_made  # type: ignore[method-assign]
+    HttpProtocol.data_received = on_data_received  # type: ignore[method-assign]
+    HttpProtocol.connection_lost = on_connection_lost  # type: ignore[method-assign]
+    HttpProtocol._sanic_chat_heads = True  # type: ignore[attr-defined]
+
+
+def between_requests(protocol: Any) -> bool:
+    """The connection is idle, before its first request or between two."""
+    http = protocol.http
+    return http is not None and http.stage is Stage.IDLE
+
+
+def head_unfinished(protocol: Any, *, saw_bytes: bool) -> bool:
+    """Still waiting for (the rest of) a request head: reading it (REQUEST), or
+    idle before its first byte. Idle after bytes means a kept-alive connection
+    between requests (its own timeout is Sanic's KEEP_ALIVE_TIMEOUT)."""
+    http = protocol.http
+    transport = protocol.transport
+    if http is None or transport is None or transport.is_closing():
+        return False
+    stage = http.stage
+    return stage is Stage.REQUEST or (stage is Stage.IDLE and not saw_bytes)
+
+
+def time_out_request(protocol: Any, why: str) -> None:
+    """What Sanic's own ``check_timeouts`` does: a half-read request is answered
+    (408) by the connection task, then closed; an idle one is closed."""
+    task = protocol._task
+    if task is None:
+        return
+    if protocol.http.stage is Stage.REQUEST:
+        protocol.http.exception = RequestTimeout(why)
+    task.cancel()

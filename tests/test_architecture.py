@@ -159,3 +159,43 @@ def test_the_door_check_sees_a_new_violation(tmp_path: Path) -> None:
         ("transports/x.py", "context.service.store"): 1,
         ("transports/x.py", "self._service.bus"): 1,
     }
+
+
+#: Sanic's and websockets' modules below their public API; only
+#: sanic_chat/sanic_internals.py may import them (architecture rule 7)
+_SANIC_INTERNAL_MODULES = ("sanic.server", "sanic.http", "websockets.protocol", "websockets.frames")
+
+
+def _internal_imports(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        found += [
+            name
+            for name in names
+            if any(name == m or name.startswith(m + ".") for m in _SANIC_INTERNAL_MODULES)
+        ]
+    return found
+
+
+def test_only_sanic_internals_imports_below_sanics_api() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "sanic_internals.py"
+        and (names := _internal_imports(ast.parse(path.read_text(), str(path))))
+    }
+    assert offenders == {}, (
+        "only sanic_chat/sanic_internals.py may reach below Sanic's public API: "
+        f"move these there {offenders}"
+    )
+
+
+def test_the_internals_check_sees_a_new_violation() -> None:
+    tree = ast.parse("from sanic.server.protocols.http_protocol import HttpProtocol\n")
+    assert _internal_imports(tree) == ["sanic.server.protocols.http_protocol"]
+    assert _internal_imports(ast.parse("from sanic import Websocket\n")) == []

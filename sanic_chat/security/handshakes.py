@@ -1,6 +1,7 @@
 """A deadline and a cap for connections that have not sent their request head
 (slowloris), and a 4xx instead of 401 for a request that failed before its head
-was read. Every touch of Sanic's HTTP protocol internals is here.
+was read: the policy. Its hooks into Sanic's HTTP protocol are in
+:mod:`sanic_chat.sanic_internals` (the one module that touches Sanic's internals).
 
 Upstream behaviour worked around (Sanic 25.12, ``sanic/server/protocols/http_protocol.py``
 and ``sanic/http/http1.py``):
@@ -39,11 +40,14 @@ import time
 from typing import Any
 
 from sanic import Request, Sanic
-from sanic.exceptions import RequestTimeout
-from sanic.http import Stage
-from sanic.server.protocols.http_protocol import HttpProtocol
 
 from ..runtime import raise_open_files_limit
+from ..sanic_internals import (
+    between_requests,
+    head_unfinished,
+    time_out_request,
+    watch_request_heads,
+)
 
 __all__ = ["DEFAULT_MAX_PENDING", "install", "pending_cap_for", "unparsed"]
 
@@ -97,16 +101,16 @@ class _Watch:
             oldest = next(iter(self.pending))
             record = self.pending.pop(oldest)
             record.deadline.cancel()
-            if _unfinished(oldest, record):
+            if head_unfinished(oldest, saw_bytes=record.saw_bytes):
                 self.evicted += 1
-                _time_out(oldest, "too many connections are sending a request head: retry")
+                time_out_request(oldest, "too many connections are sending a request head: retry")
         if self.evicted:
             self._warn()
 
     def expire(self, protocol: Any) -> None:
         record = self.pending.pop(protocol, None)
-        if record is not None and _unfinished(protocol, record):
-            _time_out(protocol, "the request head did not arrive in time")
+        if record is not None and head_unfinished(protocol, saw_bytes=record.saw_bytes):
+            time_out_request(protocol, "the request head did not arrive in time")
 
     def forget(self, protocol: Any) -> None:
         record = self.pending.pop(protocol, None)
@@ -130,63 +134,22 @@ class _Watch:
 _WATCH = _Watch()
 
 
-def _unfinished(protocol: Any, record: _Pending) -> bool:
-    """Still waiting for (the rest of) a request head: reading it (REQUEST), or
-    idle before its first byte. Idle after bytes means a kept-alive connection
-    between requests (its own timeout is Sanic's KEEP_ALIVE_TIMEOUT)."""
-    http = protocol.http
-    transport = protocol.transport
-    if http is None or transport is None or transport.is_closing():
-        return False
-    stage = http.stage
-    return stage is Stage.REQUEST or (stage is Stage.IDLE and not record.saw_bytes)
-
-
-def _time_out(protocol: Any, why: str) -> None:
-    """What Sanic's own ``check_timeouts`` does: a half-read request is answered
-    (408) by the connection task, then closed; an idle one is closed."""
-    task = protocol._task
-    if task is None:
-        return
-    if protocol.http.stage is Stage.REQUEST:
-        protocol.http.exception = RequestTimeout(why)
-    task.cancel()
-
-
-def _patch() -> None:
-    if getattr(HttpProtocol, "_sanic_chat_handshakes", False):
-        return
-    connection_made = HttpProtocol.connection_made
-    data_received = HttpProtocol.data_received
-    connection_lost = HttpProtocol.connection_lost
-
-    def on_connection_made(self: Any, transport: Any) -> None:
-        connection_made(self, transport)
-        _WATCH.arm(self, saw_bytes=False)
-
-    def on_data_received(self: Any, data: bytes) -> None:
-        # WebSocketProtocol sends frames past this once upgraded: HTTP bytes only
-        record = _WATCH.pending.get(self)
-        if record is not None and not record.saw_bytes:
-            record.saw_bytes = True  # the first bytes of the first request
-        elif (http := self.http) is not None and http.stage is Stage.IDLE:
-            _WATCH.arm(self, saw_bytes=True)  # the next request on a kept-alive connection
-        data_received(self, data)
-
-    def on_connection_lost(self: Any, exc: Exception | None) -> None:
-        _WATCH.forget(self)
-        connection_lost(self, exc)
-
-    HttpProtocol.connection_made = on_connection_made  # type: ignore[method-assign]
-    HttpProtocol.data_received = on_data_received  # type: ignore[method-assign]
-    HttpProtocol.connection_lost = on_connection_lost  # type: ignore[method-assign]
-    HttpProtocol._sanic_chat_handshakes = True  # type: ignore[attr-defined]
+def _received(protocol: Any) -> None:
+    record = _WATCH.pending.get(protocol)
+    if record is not None and not record.saw_bytes:
+        record.saw_bytes = True  # the first bytes of the first request
+    elif between_requests(protocol):
+        _WATCH.arm(protocol, saw_bytes=True)  # the next request on a kept-alive connection
 
 
 def install(app: Sanic[Any, Any], *, timeout_s: float, max_pending: int | None) -> None:
     """Enforce the deadline and the cap in every process serving ``app``; at start
     the soft open-files limit is raised to the hard one (runtime.py)."""
-    _patch()
+    watch_request_heads(
+        opened=lambda protocol: _WATCH.arm(protocol, saw_bytes=False),
+        received=_received,
+        lost=_WATCH.forget,
+    )
 
     @app.before_server_start
     async def start_handshake_limits(app: Sanic[Any, Any]) -> None:

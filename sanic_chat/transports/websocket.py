@@ -15,9 +15,8 @@ import logging
 import time
 from typing import Any
 
-from sanic import Request, Sanic
+from sanic import Request, Sanic, Websocket
 from sanic.exceptions import WebsocketClosed
-from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
 from ..api.docs import describe_websocket
@@ -70,9 +69,9 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     logging.getLogger("sanic.websockets").addFilter(_PER_CONNECTION_AT_DEBUG)  # once: same filter
     bound_websocket_input()  # every connection's unhandled input, bounded (once)
     #: open sockets with their outbox and writer, told to go away at shutdown
-    sockets: dict[WebsocketImplProtocol, tuple[Outbox, asyncio.Task[None]]] = {}
+    sockets: dict[Websocket, tuple[Outbox, asyncio.Task[None]]] = {}
 
-    async def websocket(request: Request, ws: WebsocketImplProtocol) -> None:
+    async def websocket(request: Request, ws: Websocket) -> None:
         user: str = request.ctx.user
         if context.on_connect is not None:
             try:
@@ -153,7 +152,7 @@ class _Activity:
 
 
 async def _pump(
-    outbox: Outbox, ws: WebsocketImplProtocol, context: TransportContext, activity: _Activity
+    outbox: Outbox, ws: Websocket, context: TransportContext, activity: _Activity
 ) -> None:
     try:
         while (batch := await outbox.get_batch(context.chat.linger_s())) is not None:
@@ -170,7 +169,7 @@ async def _pump(
         log.debug("websocket writer stopped: %s", exc)
 
 
-async def _close(ws: WebsocketImplProtocol, code: int, reason: str) -> None:
+async def _close(ws: Websocket, code: int, reason: str) -> None:
     """The closing handshake, bounded: a peer that reads nothing for
     :data:`_CLOSE_TIMEOUT_S` has its connection failed instead."""
     try:

@@ -26,7 +26,7 @@ from tests.server import RunningServer
 
 from .support import bearer, jwt_env, new_user, server_with
 
-#: the Sanic release security/handshakes.py was written against
+#: the Sanic release the request-head hooks (sanic_internals.py) were written against
 SANIC_CHECKED = "25.12."
 DEADLINE_S = 3
 #: far more than DEADLINE_S: a test that fails waits this long, one that passes does not
@@ -209,10 +209,11 @@ def test_the_server_raises_its_open_files_soft_limit_to_the_hard_limit(
 
 
 def test_the_sanic_internals_security_handshakes_relies_on_are_there() -> None:
-    """security/handshakes.py reaches into Sanic: re-check it on every Sanic release."""
+    """sanic_internals.py's request-head hooks (for security/handshakes.py) reach into
+    Sanic: re-check them on every Sanic release."""
     if not sanic.__version__.startswith(SANIC_CHECKED):
         pytest.fail(
-            f"Sanic {sanic.__version__}: re-read security/handshakes.py against it "
+            f"Sanic {sanic.__version__}: re-read sanic_chat/sanic_internals.py (request heads) against it "
             f"(written for {SANIC_CHECKED}x), delete it if Sanic now bounds request heads, "
             "then update SANIC_CHECKED"
         )
