@@ -129,7 +129,7 @@ class Settings:
     heartbeat_s: float = 15.0
     #: when at least ``coalesce_above`` replies run in a process, text for a
     #: connection waits up to ``coalesce_ms`` to merge into fewer frames, longer
-    #: the more replies run (see TransportContext.linger_s; a reply's first
+    #: the more replies run (see core/load.py, linger_s; a reply's first
     #: text is never held back)
     coalesce_ms: float = 40.0
     coalesce_above: int = 32
