@@ -868,9 +868,17 @@ def test_a_frame_the_server_closes_the_connection_for_is_failed_and_not_sent_aga
     failed = page.locator(".msg.user.not-sent")
     failed.wait_for()
     assert "too large" in failed.locator(".meta").inner_text().lower()
+    sent_when_failed = len(seen["creates"])
     page.wait_for_timeout(5000)
-    assert len(seen["creates"]) == 1, "the refused message was sent again"
-    assert seen["opens"] == 2, seen["opens"]  # the closed one, and one reconnect
+    # Once the page saw 1009 it never sends the message again. Before that it may
+    # have sent it twice: on a loaded machine the server's close can reach the
+    # browser as an abnormal close (1006: its TCP reset while the 1 MB was still
+    # being written), which says nothing about size, so one re-send is the right
+    # answer there; the second connection's 1009 then fails the message.
+    assert sent_when_failed in (1, 2), seen["creates"]
+    assert len(seen["creates"]) == sent_when_failed, "the refused message was sent again"
+    # the closed connection(s), and one reconnect after the failure
+    assert seen["opens"] == sent_when_failed + 1, seen["opens"]
     assert page.get_attribute("#conn", "data-state") == "open"
     assert page.locator("#conversations li").count() == len(before)
     assert conversation_ids(server) == before
