@@ -13,7 +13,7 @@ from sanic_ext import openapi
 
 from ..core.doors import ConversationDirectory
 from ..core.errors import BadRequest, NotFound, ValidationFailed
-from ..core.events import parse_whole_number
+from ..core.events import new_conversation_from_object, parse_whole_number
 from .schemas import (
     Conversation,
     ConversationCreate,
@@ -52,17 +52,6 @@ def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _optional_text(body: dict[str, Any], field: str, max_len: int) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > max_len:
-        raise ValidationFailed(f"{field} must be a string of at most {max_len} characters")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        raise ValidationFailed(f"{field} must not contain NUL characters")
-    return value
-
-
 def conversations_blueprint(directory: Callable[[], ConversationDirectory]) -> Blueprint:
     """``directory`` gives the core's door for REST (there once the server started)."""
     bp = Blueprint("conversations", url_prefix="/api/v1/conversations")
@@ -77,12 +66,10 @@ def conversations_blueprint(directory: Callable[[], ConversationDirectory]) -> B
     @errors(400, 422, 503)
     @json_response(201, Conversation, "the new conversation")
     async def create(request: Request) -> HTTPResponse:
-        body = _body(request)
-        model = _optional_text(body, "model", 200)
-        title = _optional_text(body, "title", 500)
+        new = new_conversation_from_object(_body(request))  # the core's one decoder
         # an unknown model -> validation_error
         conversation = await directory().create_conversation(
-            request.ctx.user, title=title, model=model
+            request.ctx.user, title=new.title, model=new.model
         )
         return json(conversation.to_wire(), status=201)
 

@@ -1,8 +1,8 @@
 """The shapes of the HTTP API's bodies, for its OpenAPI description (``/docs``).
 
 These dataclasses only *describe* what the handlers read and write: the
-validation stays where it is (``core.events.frame_from_object`` and the REST
-handlers), and the records' ``to_wire`` build the answers. ``tests/api`` checks
+validation stays in the core's one decoder (``core.events.frame_from_object``,
+``new_conversation_from_object``), and the records' ``to_wire`` build the answers. ``tests/api`` checks
 the two agree by holding real answers against these schemas.
 
 sanic-ext reads a dataclass as a component without marking any field required

@@ -1,5 +1,7 @@
-"""The wire frames, typed. Client frames are decoded and validated here and only
-here (:func:`decode_client_frame`); everything after works on these types.
+"""The wire frames, typed. Client input is decoded and validated here and only
+here (:func:`decode_client_frame`, :func:`frame_from_object` for an HTTP body's
+fields, :func:`new_conversation_from_object` for REST's new conversation), NUL
+included; everything after works on these types.
 
 The same JSON object is sent for an event on every transport. ``offset`` counts
 Unicode code points (Python ``len(str)``) so that Python and JavaScript clients
@@ -9,13 +11,14 @@ agree on where a piece of text starts.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
 
 from .errors import BadRequest, TooLarge, UnknownType, ValidationFailed
-from .records import ErrorInfo, Message, Usage
+from .records import ErrorInfo, Message, Usage, message_from_wire
 
 __all__ = [
     "ClientFrame",
@@ -32,6 +35,7 @@ __all__ = [
     "GenerationStarted",
     "MessageAccepted",
     "MessageCreate",
+    "NewConversation",
     "Ping",
     "Pong",
     "ServerEvent",
@@ -39,6 +43,7 @@ __all__ = [
     "decode_client_frame",
     "encode_event",
     "frame_from_object",
+    "new_conversation_from_object",
     "parse_whole_number",
 ]
 
@@ -100,9 +105,40 @@ ClientFrame = (
 
 # --------------------------------------------------------------------------- server
 
+#: event fields that hold a record: written as the record's own ``to_wire``
+_RECORD_FIELDS = frozenset({"message", "usage", "error"})
+
+
+class _Event:
+    """An event's JSON object: ``type``, then every field in declaration order
+    (``__match_args__``, which the dataclass writes), a record nested as its
+    own ``to_wire``."""
+
+    __slots__ = ()
+    type: ClassVar[str]
+    __match_args__: ClassVar[tuple[str, ...]]
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.type}
+        for name in self.__match_args__:
+            value = getattr(self, name)
+            wire[name] = value.to_wire() if name in _RECORD_FIELDS else value
+        return wire
+
+
+class _Terminal(_Event):
+    """A reply's last event: it carries the whole reply, so it ends where the reply does."""
+
+    __slots__ = ()
+    message: Message
+
+    @property
+    def end_offset(self) -> int:
+        return len(self.message.content)
+
 
 @dataclass(frozen=True, slots=True)
-class MessageAccepted:
+class MessageAccepted(_Event):
     type: ClassVar[str] = "message.accepted"
     client_id: str
     conversation_id: str
@@ -110,18 +146,9 @@ class MessageAccepted:
     #: addition to the contract: the reply started for this message (None if none)
     generation_id: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "client_id": self.client_id,
-            "conversation_id": self.conversation_id,
-            "message": self.message.to_wire(),
-            "generation_id": self.generation_id,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class GenerationStarted:
+class GenerationStarted(_Event):
     type: ClassVar[str] = "generation.started"
     generation_id: str
     conversation_id: str
@@ -133,19 +160,9 @@ class GenerationStarted:
     def end_offset(self) -> int:
         return 0
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "generation_id": self.generation_id,
-            "conversation_id": self.conversation_id,
-            "message_id": self.message_id,
-            "reply_to": self.reply_to,
-            "model": self.model,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class GenerationDelta:
+class GenerationDelta(_Event):
     type: ClassVar[str] = "generation.delta"
     generation_id: str
     offset: int
@@ -156,6 +173,7 @@ class GenerationDelta:
         return self.offset + len(self.text)
 
     def to_wire(self) -> dict[str, Any]:
+        # written out, not the loop: one per delta, the hot path of every reply
         return {
             "type": self.type,
             "generation_id": self.generation_id,
@@ -165,63 +183,27 @@ class GenerationDelta:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationCompleted:
+class GenerationCompleted(_Terminal):
     type: ClassVar[str] = "generation.completed"
     generation_id: str
     message: Message
     usage: Usage
     finish_reason: str | None
 
-    @property
-    def end_offset(self) -> int:
-        return len(self.message.content)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "generation_id": self.generation_id,
-            "message": self.message.to_wire(),
-            "usage": self.usage.to_wire(),
-            "finish_reason": self.finish_reason,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class GenerationCancelled:
+class GenerationCancelled(_Terminal):
     type: ClassVar[str] = "generation.cancelled"
     generation_id: str
     message: Message
 
-    @property
-    def end_offset(self) -> int:
-        return len(self.message.content)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "generation_id": self.generation_id,
-            "message": self.message.to_wire(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class GenerationFailed:
+class GenerationFailed(_Terminal):
     type: ClassVar[str] = "generation.failed"
     generation_id: str
     message: Message
     error: ErrorInfo
-
-    @property
-    def end_offset(self) -> int:
-        return len(self.message.content)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "generation_id": self.generation_id,
-            "message": self.message.to_wire(),
-            "error": self.error.to_wire(),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +221,8 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(_Event):
     type: ClassVar[str] = "pong"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type}
 
 
 TerminalEvent = GenerationCompleted | GenerationCancelled | GenerationFailed
@@ -259,67 +238,73 @@ def encode_event(event: ServerEvent) -> bytes:
     return orjson.dumps(event.to_wire())
 
 
+def _completed(wire: dict[str, Any]) -> GenerationCompleted:
+    usage = wire.get("usage") or {}
+    return GenerationCompleted(
+        wire["generation_id"],
+        message_from_wire(wire["message"]),
+        Usage(usage.get("input_tokens"), usage.get("output_tokens")),
+        wire.get("finish_reason"),
+    )
+
+
+#: event type -> how its JSON object becomes the event again
+_FROM_WIRE: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
+    GenerationDelta.type: lambda w: GenerationDelta(w["generation_id"], w["offset"], w["text"]),
+    GenerationStarted.type: lambda w: GenerationStarted(
+        w["generation_id"], w["conversation_id"], w["message_id"], w.get("reply_to"), w.get("model")
+    ),
+    GenerationCompleted.type: _completed,
+    GenerationCancelled.type: lambda w: GenerationCancelled(
+        w["generation_id"], message_from_wire(w["message"])
+    ),
+    GenerationFailed.type: lambda w: GenerationFailed(
+        w["generation_id"],
+        message_from_wire(w["message"]),
+        ErrorInfo(w["error"]["code"], w["error"]["message"]),
+    ),
+    MessageAccepted.type: lambda w: MessageAccepted(
+        w["client_id"],
+        w["conversation_id"],
+        message_from_wire(w["message"]),
+        w.get("generation_id"),
+    ),
+    ErrorEvent.type: lambda w: ErrorEvent(w["code"], w["message"], w.get("ref")),
+    Pong.type: lambda w: Pong(),
+}
+
+
 def event_from_wire(wire: dict[str, Any]) -> ServerEvent:
     """Rebuild a server event from its JSON object (the Redis bus carries JSON)."""
-    from .records import message_from_wire  # local: keeps the hot path import-free
-
     kind = wire["type"]
-    if kind == "generation.delta":
-        return GenerationDelta(wire["generation_id"], wire["offset"], wire["text"])
-    if kind == "generation.started":
-        return GenerationStarted(
-            wire["generation_id"],
-            wire["conversation_id"],
-            wire["message_id"],
-            wire.get("reply_to"),
-            wire.get("model"),
-        )
-    if kind == "generation.completed":
-        usage = wire.get("usage") or {}
-        return GenerationCompleted(
-            wire["generation_id"],
-            message_from_wire(wire["message"]),
-            Usage(usage.get("input_tokens"), usage.get("output_tokens")),
-            wire.get("finish_reason"),
-        )
-    if kind == "generation.cancelled":
-        return GenerationCancelled(wire["generation_id"], message_from_wire(wire["message"]))
-    if kind == "generation.failed":
-        error = wire["error"]
-        return GenerationFailed(
-            wire["generation_id"],
-            message_from_wire(wire["message"]),
-            ErrorInfo(error["code"], error["message"]),
-        )
-    if kind == "message.accepted":
-        return MessageAccepted(
-            wire["client_id"],
-            wire["conversation_id"],
-            message_from_wire(wire["message"]),
-            wire.get("generation_id"),
-        )
-    if kind == "error":
-        return ErrorEvent(wire["code"], wire["message"], wire.get("ref"))
-    if kind == "pong":
-        return Pong()
-    raise ValueError(f"not a server event type: {kind!r}")
+    build = _FROM_WIRE.get(kind)
+    if build is None:
+        raise ValueError(f"not a server event type: {kind!r}")
+    return build(wire)
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _uuid(obj: dict[str, Any], field: str, ref: str | None, *, required: bool = True) -> str | None:
-    value = obj.get(field)
-    if value is None:
-        if required:
-            raise ValidationFailed(f"{field} is required", ref=ref)
-        return None
+def _as_uuid(value: Any, field: str, ref: str | None) -> str:
     if not isinstance(value, str) or len(value) > 64:
         raise ValidationFailed(f"{field} must be a UUID string", ref=ref)
     try:
         return str(uuid.UUID(value))
     except ValueError:
         raise ValidationFailed(f"{field} must be a UUID string", ref=ref) from None
+
+
+def _uuid(obj: dict[str, Any], field: str, ref: str | None) -> str:
+    value = obj.get(field)
+    if value is None:
+        raise ValidationFailed(f"{field} is required", ref=ref)
+    return _as_uuid(value, field, ref)
+
+
+def _optional_uuid(obj: dict[str, Any], field: str, ref: str | None) -> str | None:
+    value = obj.get(field)
+    return None if value is None else _as_uuid(value, field, ref)
 
 
 def _optional_str(obj: dict[str, Any], field: str, ref: str | None, max_len: int) -> str | None:
@@ -329,6 +314,12 @@ def _optional_str(obj: dict[str, Any], field: str, ref: str | None, max_len: int
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise ValidationFailed(f"{field} must be a non-empty string", ref=ref)
     return value
+
+
+def _refuse_nul(value: str, field: str, ref: str | None) -> None:
+    # PostgreSQL text cannot hold NUL: refused here, so alike on every database
+    if "\x00" in value:
+        raise ValidationFailed(f"{field} must not contain NUL characters", ref=ref)
 
 
 #: the largest offset: a JSON number JavaScript still holds exactly
@@ -353,11 +344,9 @@ def parse_whole_number(raw: str, field: str, *, maximum: int = MAX_OFFSET) -> in
     return value
 
 
-def _offset(obj: dict[str, Any], ref: str | None, *, required: bool) -> int | None:
+def _offset(obj: dict[str, Any], ref: str | None) -> int | None:
     value = obj.get("offset")
     if value is None:
-        if required:
-            raise ValidationFailed("offset is required", ref=ref)
         return None
     # bool is an int in Python; a JSON true is not an offset
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > MAX_OFFSET:
@@ -371,6 +360,45 @@ def _ref_of(obj: dict[str, Any]) -> str | None:
         if isinstance(value, str) and len(value) <= 64:
             return value
     return None
+
+
+def _message_create(obj: dict[str, Any], ref: str | None, max_content_chars: int) -> MessageCreate:
+    client_id = _uuid(obj, "client_id", ref)
+    content = obj.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ValidationFailed("content must be a non-empty string", ref=ref)
+    if len(content) > max_content_chars:
+        raise TooLarge(f"content is longer than {max_content_chars} characters", ref=ref)
+    conversation_id = _optional_uuid(obj, "conversation_id", ref)
+    model = _optional_str(obj, "model", ref, 200)
+    _refuse_nul(content, "content", client_id)
+    return MessageCreate(client_id, content, conversation_id, model)
+
+
+def _conversation_subscribe(obj: dict[str, Any], ref: str | None, _: int) -> ConversationSubscribe:
+    conversation_id = _uuid(obj, "conversation_id", ref)
+    generation_id = _optional_uuid(obj, "generation_id", ref)
+    offset = _offset(obj, ref)
+    if offset is not None and generation_id is None:
+        raise ValidationFailed("offset needs generation_id", ref=ref)
+    return ConversationSubscribe(
+        conversation_id, generation_id, offset or 0 if generation_id else None
+    )
+
+
+#: frame type -> its decoder (the object, the ref for errors, the content limit)
+_DECODERS: dict[str, Callable[[dict[str, Any], str | None, int], ClientFrame]] = {
+    MessageCreate.type: _message_create,
+    GenerationCancel.type: lambda obj, ref, _: GenerationCancel(_uuid(obj, "generation_id", ref)),
+    GenerationResume.type: lambda obj, ref, _: GenerationResume(
+        _uuid(obj, "generation_id", ref), _offset(obj, ref) or 0
+    ),
+    ConversationSubscribe.type: _conversation_subscribe,
+    ConversationUnsubscribe.type: lambda obj, ref, _: ConversationUnsubscribe(
+        _uuid(obj, "conversation_id", ref)
+    ),
+    Ping.type: lambda obj, ref, _: Ping(),
+}
 
 
 def decode_client_frame(raw: str | bytes, *, max_content_chars: int = 32_000) -> ClientFrame:
@@ -396,44 +424,38 @@ def frame_from_object(obj: Any, *, max_content_chars: int = 32_000) -> ClientFra
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ValidationFailed("type is required and must be a string", ref=ref)
+    decode = _DECODERS.get(kind)
+    if decode is None:
+        raise UnknownType(f"unknown frame type {kind[:64]!r}", ref=ref)
+    return decode(obj, ref, max_content_chars)
 
-    if kind == "message.create":
-        client_id = _uuid(obj, "client_id", ref)
-        assert client_id is not None
-        content = obj.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise ValidationFailed("content must be a non-empty string", ref=ref)
-        if len(content) > max_content_chars:
-            raise TooLarge(f"content is longer than {max_content_chars} characters", ref=ref)
-        return MessageCreate(
-            client_id=client_id,
-            content=content,
-            conversation_id=_uuid(obj, "conversation_id", ref, required=False),
-            model=_optional_str(obj, "model", ref, 200),
-        )
-    if kind == "generation.cancel":
-        generation_id = _uuid(obj, "generation_id", ref)
-        assert generation_id is not None
-        return GenerationCancel(generation_id)
-    if kind == "generation.resume":
-        generation_id = _uuid(obj, "generation_id", ref)
-        assert generation_id is not None
-        offset = _offset(obj, ref, required=False)
-        return GenerationResume(generation_id, offset or 0)
-    if kind == "conversation.subscribe":
-        conversation_id = _uuid(obj, "conversation_id", ref)
-        assert conversation_id is not None
-        generation_id = _uuid(obj, "generation_id", ref, required=False)
-        offset = _offset(obj, ref, required=False)
-        if offset is not None and generation_id is None:
-            raise ValidationFailed("offset needs generation_id", ref=ref)
-        return ConversationSubscribe(
-            conversation_id, generation_id, offset or 0 if generation_id else None
-        )
-    if kind == "conversation.unsubscribe":
-        conversation_id = _uuid(obj, "conversation_id", ref)
-        assert conversation_id is not None
-        return ConversationUnsubscribe(conversation_id)
-    if kind == "ping":
-        return Ping()
-    raise UnknownType(f"unknown frame type {kind[:64]!r}", ref=ref)
+
+# --------------------------------------------------------------------------- REST bodies
+
+#: the longest title and model name ``POST /api/v1/conversations`` takes
+MAX_TITLE_CHARS = 500
+MAX_MODEL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """The body of ``POST /api/v1/conversations``, validated (REST only: no frame)."""
+
+    title: str | None = None
+    model: str | None = None
+
+
+def _optional_text(obj: dict[str, Any], field: str, max_len: int) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ValidationFailed(f"{field} must be a string of at most {max_len} characters")
+    _refuse_nul(value, field, None)
+    return value
+
+
+def new_conversation_from_object(obj: dict[str, Any]) -> NewConversation:
+    """Validate the (parsed, JSON object) body of a new conversation."""
+    model = _optional_text(obj, "model", MAX_MODEL_CHARS)
+    return NewConversation(title=_optional_text(obj, "title", MAX_TITLE_CHARS), model=model)

@@ -199,6 +199,11 @@ async def test_second_message_while_a_reply_runs_is_a_conflict(world) -> None:
             b' "content": "   "}',
             "validation_error",
         ),
+        (  # no gate on this session: the decoder itself refuses NUL
+            b'{"type": "message.create", "client_id": "7b1c8c62-8a3e-4f38-9d4c-1d0f6a1b2c3d",'
+            b' "content": "a\\u0000b"}',
+            "validation_error",
+        ),
         (b'{"type": "generation.resume", "generation_id": 5}', "validation_error"),
         (
             b'{"type": "generation.cancel", "generation_id": "7b1c8c62-8a3e-4f38-9d4c-1d0f6a1b2c3d"}',

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sanic_chat.config import ConfigError, RateLimit, Settings
-from sanic_chat.core.errors import RateLimited, ValidationFailed
+from sanic_chat.core.errors import RateLimited
 from sanic_chat.core.events import (
     ConversationSubscribe,
     ConversationUnsubscribe,
@@ -173,13 +173,12 @@ def test_the_filter_rewrites_sanic_access_records() -> None:
 # --------------------------------------------------------------------------- the gate
 
 
-async def test_the_gate_refuses_nul_and_spends_the_rate_only_on_messages() -> None:
+async def test_the_gate_spends_the_rate_only_on_messages() -> None:
+    # NUL is the decoder's to refuse (tests/core/test_decoder.py), not the gate's
     gate = build_gate(LocalRateLimiter(1, 60.0))
     create = MessageCreate(client_id=str(uuid.uuid4()), content="hi")
     for _ in range(5):
         await gate("u", Ping())
-    with pytest.raises(ValidationFailed):
-        await gate("u", MessageCreate(client_id=create.client_id, content="a\x00b"))
     await gate("u", create)
     with pytest.raises(RateLimited) as refused:
         await gate("u", create)

@@ -48,3 +48,20 @@ async def test_a_post_over_http_is_validated_by_the_decoder(limited: RunningServ
         )
         assert answer.status_code == 422
         assert answer.json()["error"]["code"] == "validation_error"
+
+
+async def test_a_post_over_http_with_nul_is_refused_with_its_client_id(
+    limited: RunningServer,
+) -> None:
+    client_id = str(uuid.uuid4())
+    async with http_client(limited) as client:
+        conversation_id = await new_conversation(client)
+        answer = await client.post(
+            f"/api/v1/conversations/{conversation_id}/messages",
+            json={"client_id": client_id.upper(), "content": "a\u0000b"},
+        )
+        assert answer.status_code == 422
+        assert answer.json()["error"] == {
+            "code": "validation_error",
+            "message": "content must not contain NUL characters",
+        }
