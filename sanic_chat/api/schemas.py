@@ -2,8 +2,9 @@
 
 These dataclasses only *describe* what the handlers read and write: the
 validation stays in the core's one decoder (``core.events.frame_from_object``,
-``new_conversation_from_object``), and the records' ``to_wire`` build the answers. ``tests/api`` checks
-the two agree by holding real answers against these schemas.
+``new_conversation_from_object``), and the records' ``to_wire`` build the
+answers. ``tests/api`` checks the two agree by holding real answers against
+these schemas.
 
 sanic-ext reads a dataclass as a component without marking any field required
 and renders ``Literal`` as an object, so :func:`component` writes each schema
@@ -18,7 +19,16 @@ import dataclasses
 import types
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    dataclass_transform,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from sanic_ext import openapi
 from sanic_ext.extensions.openapi.builders import OperationStore, SpecificationBuilder
@@ -56,10 +66,27 @@ def _doc(text: str, **keywords: Any) -> dict[str, Any]:
     return {"openapi": {"description": text, **keywords}}
 
 
+@dataclass_transform(field_specifiers=(dataclasses.field,))
 def component(cls: type[T]) -> type[T]:
-    """Mark a dataclass as a component schema (registered by :func:`register_components`)."""
-    _COMPONENTS.append(cls)
-    return cls
+    """Make a class a dataclass and a component schema (registered by
+    :func:`register_components`)."""
+    described = dataclasses.dataclass(cls)
+    _COMPONENTS.append(described)
+    return described
+
+
+def _page(item: type[Any], doc: str, next_before: str) -> type[Any]:
+    """A page of ``item``: its ``items`` and the cursor to the next page."""
+    page = dataclasses.make_dataclass(
+        f"{item.__name__}Page",
+        [
+            ("items", list[item]),  # type: ignore[valid-type]
+            ("next_before", str | None, dataclasses.field(metadata=_doc(next_before))),
+        ],
+        namespace={"__doc__": doc},
+    )
+    _COMPONENTS.append(page)
+    return page
 
 
 def _ref(cls: type[Any]) -> dict[str, Any]:
@@ -186,7 +213,6 @@ ERROR_CODES = Literal[
 
 
 @component
-@dataclasses.dataclass
 class ErrorDetail:
     """A stable code, and a message for people."""
 
@@ -195,7 +221,6 @@ class ErrorDetail:
 
 
 @component
-@dataclasses.dataclass
 class Error:
     """Every HTTP error answers this body (docs/protocol.md, Errors)."""
 
@@ -206,7 +231,6 @@ class Error:
 
 
 @component
-@dataclasses.dataclass
 class ConversationCreate:
     """A new conversation; both fields may be left out."""
 
@@ -220,7 +244,6 @@ class ConversationCreate:
 
 
 @component
-@dataclasses.dataclass
 class Conversation:
     """A conversation of the calling user."""
 
@@ -233,22 +256,17 @@ class Conversation:
     )
 
 
-@component
-@dataclasses.dataclass
-class ConversationPage:
-    """A page of conversations, newest first."""
-
-    items: list[Conversation]
-    next_before: str | None = dataclasses.field(
-        metadata=_doc("pass as ?before= for the next page; null on the last page")
-    )
+ConversationPage = _page(
+    Conversation,
+    "A page of conversations, newest first.",
+    "pass as ?before= for the next page; null on the last page",
+)
 
 
 # ------------------------------------------------------------------ messages
 
 
 @component
-@dataclasses.dataclass
 class Usage:
     """Tokens the model reported for a reply."""
 
@@ -257,7 +275,6 @@ class Usage:
 
 
 @component
-@dataclasses.dataclass
 class MessageError:
     """Why a reply failed or was interrupted."""
 
@@ -266,7 +283,6 @@ class MessageError:
 
 
 @component
-@dataclasses.dataclass
 class Message:
     """A message (docs/protocol.md, The message object). A user message
     carries ``client_id``; an assistant message ``reply_to`` and, once known,
@@ -295,19 +311,14 @@ class Message:
     error: MessageError | None = None
 
 
-@component
-@dataclasses.dataclass
-class MessagePage:
-    """A page of messages, oldest first within the page."""
-
-    items: list[Message]
-    next_before: str | None = dataclasses.field(
-        metadata=_doc("pass as ?before= for the previous page; null on the first page")
-    )
+MessagePage = _page(
+    Message,
+    "A page of messages, oldest first within the page.",
+    "pass as ?before= for the previous page; null on the first page",
+)
 
 
 @component
-@dataclasses.dataclass
 class MessageCreate:
     """A user message; its reply starts at once. Idempotent on ``client_id``."""
 
@@ -329,7 +340,6 @@ class MessageCreate:
 
 
 @component
-@dataclasses.dataclass
 class MessageAccepted:
     """The stored user message and the id of the reply now running."""
 
@@ -347,7 +357,6 @@ class MessageAccepted:
 
 
 @component
-@dataclasses.dataclass
 class CancelAccepted:
     """Stop was taken; the terminal event follows on the streams."""
 
@@ -359,7 +368,6 @@ class CancelAccepted:
 
 
 @component
-@dataclasses.dataclass
 class ModelInfo:
     """A configured model; never its key, URL or headers."""
 
@@ -370,7 +378,6 @@ class ModelInfo:
 
 
 @component
-@dataclasses.dataclass
 class Limits:
     """Sizes a client can check before sending (docs/protocol.md, REST endpoints)."""
 
@@ -380,7 +387,6 @@ class Limits:
 
 
 @component
-@dataclasses.dataclass
 class ModelList:
     """The configured models."""
 
@@ -390,7 +396,6 @@ class ModelList:
 
 
 @component
-@dataclasses.dataclass
 class Ticket:
     """A one-time ticket for ``?ticket=`` on ``/ws`` or an SSE stream."""
 
@@ -400,7 +405,6 @@ class Ticket:
 
 
 @component
-@dataclasses.dataclass
 class Health:
     """The process answers."""
 
@@ -408,7 +412,6 @@ class Health:
 
 
 @component
-@dataclasses.dataclass
 class Readiness:
     """Whether this process should get traffic, and why not."""
 
