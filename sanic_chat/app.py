@@ -1,18 +1,19 @@
 """The composition root: the one module that wires core, store, bus, providers,
-transports and the HTTP API together. Nothing else imports from all of them."""
+security, transports and the HTTP API together. Nothing else imports from all of them.
+
+The adapters (store, bus, the shared Redis pool, tickets, rate limiters, the
+providers' catalog and HTTP stack) are built by :mod:`.wiring` from the settings;
+this module assembles them with the core into the Sanic app."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import logging
-import os
-import socket
 import time
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, file, json
@@ -22,134 +23,40 @@ from .api.conversations import conversations_blueprint
 from .api.docs import configure_api_docs
 from .api.errors import install_error_handlers
 from .api.operations import operations_blueprint
-from .bus.pool import SharedPool
-from .bus.url import open_bus
 from .config import Settings
-from .core.ports import Bus, MessageStore
 from .core.service import ChatService, ServiceHooks
 from .core.settings import CoreSettings
 from .logging import bind_request
-from .metrics import Metrics, watch_event_loop_lag
-from .providers.catalog import ModelCatalog, load_catalog
-from .providers.upstream import TransportFactory, upstream_transports
+from .metrics import watch_event_loop_lag
+from .providers.catalog import ModelCatalog
 from .runtime import tune_garbage_collector
-from .security import Security
 from .security.handshakes import install as install_handshake_limits
 from .security.handshakes import unparsed
-from .startup import (
-    StartupError,
-    prepare_sqlite,
-    redact_url,
-    start_bus,
-    unusable_postgres,
-    unusable_sqlite,
+from .security.identity import TicketPaths
+from .startup import start_bus
+from .transports.base import TransportContext, TransportModule
+from .wiring import (
+    catalog_for,
+    metrics_for,
+    node_id_for,
+    open_bus_for,
+    open_store_for,
+    providers_http,
+    security_for,
+    shared_redis_for,
+    sole_process,
 )
-from .transports.base import TransportContext
-
-if TYPE_CHECKING:
-    from .store.sql import SqlMessageStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app"]
+# providers_http and shared_redis_for are wiring's; named here for the tests that
+# check the app builds them so
+__all__ = ["create_app", "providers_http", "shared_redis_for"]
 
 WEB_DIR = Path(__file__).parent / "web"
 
 #: requests that need no user: the page, its assets, health and metrics
 _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static", "/docs", "/favicon")
-
-
-async def open_store_for(settings: Settings) -> MessageStore:
-    """The store, its schema up to date if ``auto_migrate``. Raises
-    :class:`~sanic_chat.startup.StartupError` (one line) when the SQLite file
-    cannot be used."""
-    from .store import open_store
-
-    sqlite_path = prepare_sqlite(settings) if settings.database_url.startswith("sqlite:") else None
-    store = await open_store(settings.database_url)
-    if sqlite_path is None:
-        try:
-            await _prepare_postgres(store, settings)
-        except BaseException:
-            await store.close()
-            raise
-        return store
-    if settings.auto_migrate:
-        try:
-            # the embedded default keeps its own schema up to date
-            await store.migrate()
-        except BaseException as exc:
-            await store.close()  # its connections' threads would keep the process alive
-            if sqlite_path is not None and isinstance(exc, Exception):
-                raise unusable_sqlite(sqlite_path, exc) from exc
-            raise
-    return store
-
-
-async def _prepare_postgres(store: SqlMessageStore, settings: Settings) -> None:
-    """Migrate the PostgreSQL schema (``auto_migrate``: safe with every worker of
-    every node starting at once, see ``SqlMessageStore.migrate``) or check that it
-    is there. Raises :class:`~sanic_chat.startup.StartupError` (one line) when the
-    database cannot be reached or used, or has no schema and may not make it: a
-    node does not start on a database it cannot use (once started, it rides out
-    an outage: ``/readyz`` says 503 with the cause until the database is back)."""
-    try:
-        if settings.auto_migrate:
-            await store.migrate()
-            return
-        missing = await store.missing_schema()
-    except Exception as exc:
-        raise unusable_postgres(settings.database_url, exc) from exc
-    if missing:
-        tables = {"conversation", "message"}
-        what = "no sanic-chat tables" if tables <= set(missing) else f"no {', '.join(missing)}"
-        raise StartupError(
-            f"the database at {redact_url(settings.database_url)} has {what}: "
-            "run `sanic-chat migrate` "
-            "(or let the server do it: SANIC_CHAT_AUTO_MIGRATE=1, the default)"
-        )
-
-
-def open_bus_for(
-    settings: Settings, node_id: str | None = None, redis: SharedPool | None = None
-) -> Bus:
-    return open_bus(
-        settings.bus_url,
-        tail_ttl_s=settings.tail_ttl_s,
-        node_id=node_id,
-        prefix=settings.bus_prefix,
-        pool=redis,
-    )
-
-
-def shared_redis_for(settings: Settings) -> SharedPool | None:
-    """The process's one Redis pool (with a Redis bus): the bus's tail reads, the tickets
-    and the rate limiters share it, and it waits for a free connection when busy."""
-    if not settings.bus_url.startswith(("redis://", "rediss://")):
-        return None
-    name = f"{settings.bus_prefix}:{socket.gethostname()}-{os.getpid()}:pool"
-    return SharedPool(settings.bus_url.strip(), client_name=name.replace(" ", "_"))
-
-
-def node_id_for(settings: Settings) -> str:
-    """This process's node id: it owns the leases of the replies running here.
-
-    Every worker needs its own (a starting process ends the replies still leased to
-    its id), so under ``--workers N`` Sanic's worker name (stable across restarts of
-    that worker) is appended to ``SANIC_CHAT_NODE_ID``. Without a configured id each
-    process makes a random one, and its orphans are found when their leases lapse.
-    """
-    base = settings.node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    worker = os.environ.get("SANIC_WORKER_NAME")
-    return f"{base}/{worker}" if worker else base
-
-
-def providers_http(settings: Settings) -> TransportFactory:
-    """The providers' HTTP stack: ``SANIC_CHAT_UPSTREAM_HTTP``, except that with a
-    proxy in the environment it is httpx's own transport, the one that honours it."""
-    proxies = urllib.request.getproxies()
-    proxied = any(proxies.get(scheme) for scheme in ("http", "https", "all"))
-    return upstream_transports(settings.upstream_http, proxied=proxied)
 
 
 def create_app(settings: Settings | None = None, *, name: str | None = None) -> Sanic[Any, Any]:
@@ -162,8 +69,15 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         async def close_redis(app: Sanic[Any, Any]) -> None:
             await redis.close()
 
-    # auth, tickets, origins, rate and connection limits (docs/security.md)
-    security = Security(settings, redis=redis)
+    # each transport declares the GET routes where a one-time ?ticket= stands in for
+    # Authorization; the security layer accepts tickets on their union only
+    transports: list[TransportModule] = [
+        importlib.import_module(f"sanic_chat.transports.{name}") for name in settings.transports
+    ]
+    ticket_paths = TicketPaths(path for module in transports for path in module.TICKET_PATHS)
+    # auth, tickets, origins, rate and connection limits (docs/security.md), on the
+    # ticket store and rate limiters wiring built (in the shared Redis when there is one)
+    security = security_for(settings, redis, ticket_paths)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes
     app.config.WEBSOCKET_PING_INTERVAL = 20
@@ -173,32 +87,32 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     security.configure_cors(app.config)  # before Extend: it reads the CORS settings
     Extend(app)
     app.ctx.settings = settings
-    metrics = Metrics()
+    metrics = metrics_for()
     app.ctx.metrics = metrics
     node_id = node_id_for(settings)
     app.ctx.node_id = node_id
-    authenticate = security.authenticate
     # a wrong models file fails here, before anything listens
-    catalog: ModelCatalog = load_catalog(
-        settings.models_path, dict(os.environ), transports=providers_http(settings)
-    )
+    catalog: ModelCatalog = catalog_for(settings)
     app.ctx.catalog = catalog
     context = TransportContext(
-        authenticate=authenticate,
+        authenticate=security.authenticate,
         metrics=metrics,
         heartbeat_s=settings.heartbeat_s,
         max_frame_bytes=settings.max_frame_bytes,
         idle_timeout_s=settings.idle_timeout_s,
+        # every frame through the gate; a connection slot per user while one is open
+        gate=security.gate,
+        on_connect=security.connections.connected,
+        on_disconnect=security.connections.disconnected,
     )
     app.ctx.transport_context = context
-    security.install(app, context)  # the frame gate, connection hooks, POST /api/v1/tickets
+    security.install(app)  # POST /api/v1/tickets, log redaction, its ports' start and close
     # slowloris: a deadline for each request head, a cap on connections still sending one
     install_handshake_limits(
         app, timeout_s=settings.header_timeout_s, max_pending=settings.max_pending_handshakes
     )
     install_error_handlers(app)
-    for transport in settings.transports:
-        module = importlib.import_module(f"sanic_chat.transports.{transport}")
+    for module in transports:
         module.register(app, context)
     # REST and operations reach the core through their doors, there once it started
     app.blueprint(conversations_blueprint(lambda: app.ctx.service))
@@ -240,8 +154,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             hooks=hooks,
             # the embedded default (SQLite + in-memory bus) is one process by
             # construction: it may end every reply left streaming at start-up
-            sole_process=settings.database_url.startswith("sqlite")
-            and settings.bus_url.startswith("memory://"),
+            sole_process=sole_process(settings),
             max_running_replies_per_user=settings.max_running_replies_per_user,
         )
         await service.start()

@@ -14,15 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, parse_log_level, unknown_variables
-from .startup import (
-    StartupError,
-    check_address,
-    check_bus,
-    prepare_sqlite,
-    redact_url,
-    unusable_postgres,
-    unusable_sqlite,
-)
+from .startup import StartupError, check_address, check_bus, prepare_sqlite, redact_url
 
 __all__ = ["main"]
 
@@ -182,7 +174,7 @@ def _warn_unknown_variables(settings: Settings) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .store import open_store
+    from .wiring import migrate_store
 
     try:
         settings = Settings.from_env()
@@ -190,22 +182,9 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
         return 2
     _warn_unknown_variables(settings)
-
-    async def run() -> None:
-        sqlite = settings.database_url.startswith("sqlite")
-        path = prepare_sqlite(settings) if sqlite else None
-        store = await open_store(settings.database_url)
-        try:
-            await store.migrate()
-        except Exception as exc:
-            if path is not None:
-                raise unusable_sqlite(path, exc) from exc
-            raise unusable_postgres(settings.database_url, exc) from exc
-        finally:
-            await store.close()
-
     try:
-        asyncio.run(run())
+        # the store the server opens, through the same factory, with the schema made
+        asyncio.run(migrate_store(settings))
     except StartupError as exc:
         print(f"sanic-chat: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -103,12 +102,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(
-    log_format: str = "text", *, level: str | None = None, node_id: str | None = None
+    log_format: str = "text", *, level: str = "INFO", node_id: str | None = None
 ) -> None:
     """Set up the ``sanic_chat`` logger (one handler, to stderr, not propagated: Sanic
     configures its own loggers, and a root handler would print their lines twice) and,
     for ``json``, give Sanic's handlers the JSON formatter too. Idempotent: call it again
     once Sanic has configured its loggers (every worker process does, in the app factory).
+    ``level`` is the caller's: the CLI's from ``SANIC_CHAT_LOG_LEVEL`` (the settings).
     """
     formatter: logging.Formatter = (
         JsonFormatter(node_id) if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
@@ -120,7 +120,7 @@ def configure_logging(
         handler._sanic_chat = True  # type: ignore[attr-defined]
         ours.addHandler(handler)
     handler.setFormatter(formatter)
-    ours.setLevel(level or _level_from_env())
+    ours.setLevel(level)
     ours.propagate = False
     if log_format != "json":
         return
@@ -139,18 +139,6 @@ def configure_logging(
         root.addHandler(fallback)
     fallback.setFormatter(formatter)
     logging.captureWarnings(True)
-
-
-def _level_from_env() -> str:
-    """``SANIC_CHAT_LOG_LEVEL``, or INFO if it is not a level: the command line
-    refuses a wrong one before it gets here (``cli.main``), and a library caller
-    gets logs rather than a crash."""
-    from .config import ConfigError, parse_log_level
-
-    try:
-        return parse_log_level(os.environ.get("SANIC_CHAT_LOG_LEVEL"))
-    except ConfigError:
-        return "INFO"
 
 
 def _foreign_only(record: logging.LogRecord) -> bool:

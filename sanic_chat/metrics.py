@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
@@ -19,21 +20,24 @@ from prometheus_client import values as _values
 __all__ = ["LOOP_LAG_INTERVAL_S", "Metrics", "multiprocess_dir", "watch_event_loop_lag"]
 
 
-def multiprocess_dir() -> str | None:
-    """The multiprocess directory, if prometheus-client runs in multiprocess mode
-    (decided when it is first imported, from the environment)."""
+def multiprocess_dir(environ: Mapping[str, str]) -> str | None:
+    """The multiprocess directory named in ``environ`` (the process's environment, read
+    by the composition root), if prometheus-client runs in multiprocess mode (decided
+    when it is first imported, from that environment)."""
     if _values.ValueClass is _values.MutexValue:
         return None
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    return environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``multiprocess_dir``: see :func:`multiprocess_dir`; None: this process's values."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.multiprocess_dir = multiprocess_dir()
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry
         self.connections = Gauge(
             "sanic_chat_connections",

@@ -8,10 +8,11 @@ status 2: no traceback, no process left hanging. The app's start-up in each
 worker raises the same :class:`StartupError` for whatever changed in between,
 after closing what it had opened (a pool's thread would keep the process alive).
 
-PostgreSQL is not checked here but by each worker as it starts (``app.py``: it
-migrates the schema, or checks it is there): one it cannot use stops the start with
-:func:`unusable_postgres`. Once serving, a node rides out a PostgreSQL outage
-(``/readyz`` answers 503 with the cause until the database is back).
+PostgreSQL is not checked here but by each worker as it starts (``wiring.py``'s
+``open_store_for``, called by ``app.py``: it migrates the schema, or checks it is
+there): one it cannot use stops the start with :func:`unusable_postgres`. Once
+serving, a node rides out a PostgreSQL outage (``/readyz`` answers 503 with the
+cause until the database is back).
 """
 
 from __future__ import annotations
@@ -194,11 +195,12 @@ async def start_bus(bus: Bus, url: str) -> None:
 
 
 async def check_bus(settings: Settings) -> None:
-    """Connect to the configured bus once and let go (nothing to do for memory://)."""
+    """Connect to the configured bus once and let go (nothing to do for memory://): the
+    bus the server builds (``wiring.open_bus_for``), tried before it serves."""
     if settings.bus_url.startswith("memory://"):
         return
-    from .bus.url import open_bus
+    from .wiring import open_bus_for
 
-    bus = open_bus(settings.bus_url, prefix=settings.bus_prefix)
+    bus = open_bus_for(settings)
     await start_bus(bus, settings.bus_url)
     await bus.close()

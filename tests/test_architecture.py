@@ -100,7 +100,7 @@ def test_a_violating_import_breaks_its_contract(
 # -- one door: the service's store and bus ------------------------------------
 
 #: the core and the composition root (app.py and the modules it and the CLI wire with)
-MAY_REACH_STORE_AND_BUS = ("core/", "app.py", "cli.py", "startup.py")
+MAY_REACH_STORE_AND_BUS = ("core/", "app.py", "wiring.py", "cli.py", "startup.py")
 
 #: known violations: (module, expression) -> how many times; each line says what must move
 KNOWN_DOOR_VIOLATIONS: dict[tuple[str, str], int] = {}

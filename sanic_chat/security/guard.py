@@ -1,6 +1,11 @@
-"""The security layer, assembled from the settings and wired into the app:
-the ``identify`` middleware's checks, the transports' hooks, CORS, the
-tickets endpoint and log redaction."""
+"""The security layer, assembled from ready ports and wired into the app: the
+``identify`` middleware's checks, the frame gate and connection hooks the
+composition root hands the transports, CORS, the tickets endpoint and log
+redaction.
+
+It chooses no implementation: the ticket store and the rate limiters (in Redis
+with a Redis bus, else in this process) are built by the composition root
+(``sanic_chat/wiring.py``), and the ticket paths come from the transports."""
 
 from __future__ import annotations
 
@@ -12,15 +17,14 @@ from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from ..api.schemas import Ticket, errors, json_response
-from ..auth import accepts_ticket, build_authenticator
-from ..config import RateLimit, Settings
+from ..config import Settings
 from ..core.session import FrameGate
-from ..transports.base import Authenticate, TransportContext
+from .identity import Authenticate, TicketPaths, build_authenticator
 from .limits import ConnectionLimiter, build_gate
 from .origins import OriginPolicy
-from .ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, RedisSource
+from .ratelimit import RateLimiter
 from .redaction import install_log_redaction
-from .tickets import MemoryTickets, RedisTickets, TicketStore
+from .tickets import TicketStore
 from .websocket_frames import install as fail_websockets_on_bad_utf8
 
 __all__ = ["Security"]
@@ -29,41 +33,30 @@ __all__ = ["Security"]
 _CORS_HEADERS = "authorization,content-type,last-event-id"
 
 
-def _rate_limiter(
-    limit: RateLimit | None, redis: RedisSource | None, prefix: str
-) -> RateLimiter | None:
-    """One per-user rate: in Redis when the bus is there (every worker and node
-    shares it), else in this process."""
-    if limit is None:
-        return None
-    if redis is not None:
-        return RedisRateLimiter(redis, limit.count, limit.period_s, prefix=prefix)
-    return LocalRateLimiter(limit.count, limit.period_s)
-
-
 class Security:
-    """Built before the app; :meth:`install` wires it in.
+    """Built before the app from ready ports; :meth:`install` wires it in.
 
-    ``redis`` is the process's shared Redis pool (built by the composition root; the
-    tickets and both rate limiters draw on it). Without one, a Redis bus URL gives
-    each of them a pool of its own."""
+    ``tickets`` redeems and mints ``?ticket=`` on ``ticket_paths`` (the union of the
+    transports' ``TICKET_PATHS``); ``rate`` caps a user's requests and messages,
+    ``frame_rate`` every frame (either may be None: no cap). The Security starts and
+    closes them with the server."""
 
-    def __init__(self, settings: Settings, *, redis: RedisSource | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tickets: TicketStore,
+        ticket_paths: TicketPaths,
+        rate: RateLimiter | None = None,
+        frame_rate: RateLimiter | None = None,
+    ) -> None:
         self.settings = settings
-        # with a Redis bus, tickets and rates live in the same Redis: every
-        # worker and node sees them
-        if redis is None and settings.bus_url.startswith(("redis://", "rediss://")):
-            redis = settings.bus_url
-        self.tickets: TicketStore = (
-            RedisTickets(redis, ttl_s=settings.ticket_ttl_s, prefix=f"{settings.bus_prefix}:sec")
-            if redis is not None
-            else MemoryTickets(ttl_s=settings.ticket_ttl_s)
-        )
-        prefix = f"{settings.bus_prefix}:sec"
-        self.rate = _rate_limiter(settings.rate_limit, redis, prefix)
-        self.frame_rate = _rate_limiter(settings.frame_rate_limit, redis, f"{prefix}:frames")
+        self.tickets = tickets
+        self.ticket_paths = ticket_paths
+        self.rate = rate
+        self.frame_rate = frame_rate
         self._limiters = [r for r in (self.rate, self.frame_rate) if r is not None]
-        self.authenticate: Authenticate = build_authenticator(settings, self.tickets)
+        self.authenticate: Authenticate = build_authenticator(settings, tickets, ticket_paths)
         self.origins = OriginPolicy(settings.allowed_origins, check_host=settings.auth == "none")
         self.connections = ConnectionLimiter(
             settings.max_connections_per_user, max_total=settings.max_connections
@@ -87,10 +80,10 @@ class Security:
         config.CORS_ALWAYS_SEND = False
         config.CORS_MAX_AGE = 600
 
-    def install(self, app: Sanic[Any, Any], context: TransportContext) -> None:
-        context.gate = self.gate
-        context.on_connect = self.connections.connected
-        context.on_disconnect = self.connections.disconnected
+    def install(self, app: Sanic[Any, Any]) -> None:
+        """The tickets endpoint, log redaction, and the ports' start and close with the
+        server. (The transports get :attr:`gate` and the :attr:`connections` hooks from
+        the composition root, with their context.)"""
         app.blueprint(self.tickets_blueprint())
         install_log_redaction()
         fail_websockets_on_bad_utf8()  # a Sanic gap: see websocket_frames.py
@@ -118,7 +111,7 @@ class Security:
             return  # a CORS preflight carries no credentials; sanic-ext answers it
         user = await self.authenticate(request)
         request.ctx.user = user
-        if accepts_ticket(request):  # the long-lived ones: /ws and the SSE streams
+        if self.ticket_paths.accepts(request):  # the long-lived ones: /ws, the SSE streams
             self.connections.reserve(user)
 
     def tickets_blueprint(self) -> Blueprint:

@@ -1,22 +1,22 @@
 """What every transport gets: the one small interface through which it drives
-the core. A transport module exposes ``register(app, context)`` and nothing
-else; which transports are on is configuration (``SANIC_CHAT_TRANSPORTS``).
+the core. A transport module exposes ``register(app, context)`` and
+``TICKET_PATHS`` (its GET routes on which a browser authenticates with a one-time
+``?ticket=``; the composition root hands their union to the security layer) and
+nothing else; which transports are on is configuration (``SANIC_CHAT_TRANSPORTS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.doors import ChatOperations
 from ..core.session import ChatSession, FrameGate
 from ..metrics import Metrics
+from ..security.identity import Authenticate
 
-__all__ = ["Authenticate", "TransportContext", "TransportModule"]
-
-#: resolves the user of an HTTP request or WebSocket upgrade; raises Unauthorized
-Authenticate = Callable[[Any], Awaitable[str]]
+__all__ = ["TransportContext", "TransportModule"]
 
 
 @dataclass(slots=True)
@@ -42,4 +42,7 @@ class TransportContext:
 
 
 class TransportModule(Protocol):
+    #: Sanic route paths (GET) where ``?ticket=`` stands in for ``Authorization``
+    TICKET_PATHS: tuple[str, ...]
+
     def register(self, app: Any, context: TransportContext) -> None: ...

@@ -43,7 +43,14 @@ from .base import TransportContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["encode_sse", "parse_last_event_id", "register"]
+__all__ = [
+    "CONVERSATION_EVENTS",
+    "GENERATION_EVENTS",
+    "TICKET_PATHS",
+    "encode_sse",
+    "parse_last_event_id",
+    "register",
+]
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -57,12 +64,18 @@ HEARTBEAT = ServerSentEvent(comment="heartbeat").encode()
 #: events already queued are written together, up to this many bytes per write
 
 
+# ids are typed ``uuid`` in the paths so that these routes share their
+# paths with the REST API's (GET .../messages); a malformed id is a 404
+CONVERSATION_EVENTS = "/api/v1/conversations/<conversation_id:uuid>/events"
+GENERATION_EVENTS = "/api/v1/generations/<generation_id:uuid>/events"
+#: an EventSource cannot send ``Authorization``: a one-time ``?ticket=`` on the streams
+TICKET_PATHS = (CONVERSATION_EVENTS, GENERATION_EVENTS)
+
+
 def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     #: the outboxes of open streams, ended at shutdown
     streams: set[Outbox] = set()
 
-    # ids are typed ``uuid`` in the paths so that these routes share their
-    # paths with the REST API's (GET .../messages); a malformed id is a 404
     @openapi.tag("replies")
     @openapi.summary("Post a message; its reply starts")
     @openapi.description(
@@ -178,13 +191,13 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     )
     app.add_route(
         conversation_events,
-        "/api/v1/conversations/<conversation_id:uuid>/events",
+        CONVERSATION_EVENTS,
         methods=["GET"],
         name="sse_conversation_events",
     )
     app.add_route(
         generation_events,
-        "/api/v1/generations/<generation_id:uuid>/events",
+        GENERATION_EVENTS,
         methods=["GET"],
         name="sse_generation_events",
     )

@@ -28,7 +28,11 @@ from .base import TransportContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GOING_AWAY", "REFUSED", "SLOW_CONSUMER_CLOSE_CODE", "register"]
+__all__ = ["GOING_AWAY", "PATH", "REFUSED", "SLOW_CONSUMER_CLOSE_CODE", "TICKET_PATHS", "register"]
+
+PATH = "/ws"
+#: a browser cannot set ``Authorization`` on a WebSocket: a one-time ``?ticket=`` there
+TICKET_PATHS = (PATH,)
 
 #: close code when the server goes away (graceful shutdown): reconnect and resume
 GOING_AWAY = 1001
@@ -139,7 +143,7 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)
 
-    app.add_websocket_route(websocket, "/ws", name="websocket")
+    app.add_websocket_route(websocket, PATH, name="websocket")
     describe_websocket(app, "websocket")  # its OpenAPI description (/docs)
     app.register_listener(going_away, "before_server_stop")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sanic_chat.app import shared_redis_for
 from sanic_chat.config import Settings
-from sanic_chat.security import Security
+from sanic_chat.security.identity import TicketPaths
+from sanic_chat.wiring import security_for, shared_redis_for
 from tests.conftest import require_redis
 from tests.security.support import SECRET, bearer, jwt_env, new_user, server_with
 
@@ -56,7 +56,7 @@ async def test_a_rate_limiter_under_a_burst_never_reports_a_healthy_redis_unreac
         }
     )
     redis = shared_redis_for(settings)  # wired as the app wires it
-    security = Security(settings, redis=redis)
+    security = security_for(settings, redis, TicketPaths())
     limiter = security.frame_rate
     assert limiter is not None
     await limiter.start()

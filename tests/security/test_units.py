@@ -248,7 +248,7 @@ def test_the_jwt_secret_never_shows_in_a_repr(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["private", "ec", "garbage"])
 def test_a_wrong_public_key_fails_at_start(tmp_path: Path, kind: str) -> None:
-    from sanic_chat.auth import TokenVerifier
+    from sanic_chat.security.identity import TokenVerifier
 
     path = tmp_path / "key.pem"
     if kind == "private":

@@ -12,33 +12,44 @@ token "signed" with the RS256 public key as its secret, is refused. ``exp`` and
 ``SANIC_CHAT_JWT_AUDIENCE``).
 
 Browsers cannot set headers on a WebSocket or an EventSource: there a one-time
-``?ticket=`` (see :mod:`.security.tickets`) stands in for the header, on
-``GET /ws`` and the SSE ``GET .../events`` endpoints only.
+``?ticket=`` (see :mod:`.tickets`) stands in for the header, on the routes the
+transports declare (``TICKET_PATHS`` in each transport module: ``GET /ws`` and the
+SSE ``GET .../events`` streams) and nowhere else. The composition root hands their
+union to :func:`build_authenticator` as :class:`TicketPaths`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from .config import ConfigError, Settings
-from .core.errors import Unauthorized
-from .transports.base import Authenticate
+from ..config import ConfigError, Settings
+from ..core.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from .security.tickets import TicketStore
+    from .tickets import TicketStore
 
-__all__ = ["LOCAL_USER", "TokenVerifier", "accepts_ticket", "build_authenticator"]
+__all__ = [
+    "LOCAL_USER",
+    "Authenticate",
+    "TicketPaths",
+    "TokenVerifier",
+    "build_authenticator",
+    "load_rsa_public_key",
+]
+
+#: resolves the user of an HTTP request or WebSocket upgrade; raises Unauthorized
+Authenticate = Callable[[Any], Awaitable[str]]
 
 LOCAL_USER = "local"
 
 #: clock skew tolerated on exp / nbf / iat
 LEEWAY_S = 5
 
-_TICKET_PATHS = re.compile(r"/ws|/api/v1/(?:conversations|generations)/[^/]+/events")
 #: a user id: printable, no control characters (it is stored and used in keys)
 _BAD_SUB = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -120,17 +131,45 @@ def load_rsa_public_key(path: str) -> Any:
     return key
 
 
-def accepts_ticket(request: Any) -> bool:
-    """Whether this request may authenticate with ``?ticket=``: the WebSocket
-    upgrade and the SSE streams, which browsers cannot give headers."""
-    return request.method == "GET" and _TICKET_PATHS.fullmatch(request.path) is not None
+class TicketPaths:
+    """The GET routes on which a one-time ``?ticket=`` stands in for ``Authorization``:
+    the long-lived streams a browser opens without headers (a WebSocket upgrade, an
+    EventSource). Each transport declares its own as Sanic route paths
+    (``TICKET_PATHS``); a ``<parameter>`` segment matches any one path segment.
+    They are also the requests that hold a connection slot while they last."""
+
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        self.routes = tuple(routes)
+        alternatives = "|".join(_route_pattern(route) for route in self.routes)
+        self._pattern = re.compile(alternatives) if alternatives else None
+
+    def accepts(self, request: Any) -> bool:
+        """Whether ``request`` may authenticate with ``?ticket=``."""
+        return (
+            self._pattern is not None
+            and request.method == "GET"
+            and self._pattern.fullmatch(request.path) is not None
+        )
 
 
-def build_authenticator(settings: Settings, tickets: TicketStore | None = None) -> Authenticate:
+def _route_pattern(route: str) -> str:
+    """``/api/v1/generations/<generation_id:uuid>/events`` as a regular expression:
+    each ``<...>`` segment any one segment, the rest literally."""
+    return "/".join(
+        "[^/]+" if part.startswith("<") and part.endswith(">") else re.escape(part)
+        for part in route.split("/")
+    )
+
+
+def build_authenticator(
+    settings: Settings,
+    tickets: TicketStore | None = None,
+    ticket_paths: TicketPaths | None = None,
+) -> Authenticate:
     """Resolve a request's user, or raise :class:`Unauthorized`.
 
     ``tickets`` (a :class:`~sanic_chat.security.tickets.TicketStore`) redeems
-    ``?ticket=``; without one only the header is accepted.
+    ``?ticket=`` on ``ticket_paths``; without both only the header is accepted.
     """
     if settings.auth == "none":
 
@@ -140,6 +179,7 @@ def build_authenticator(settings: Settings, tickets: TicketStore | None = None) 
         return local
 
     verifier = TokenVerifier(settings)
+    paths = ticket_paths if ticket_paths is not None else TicketPaths()
 
     async def bearer(request: Any) -> str:
         header = request.headers.get("authorization")
@@ -149,7 +189,7 @@ def build_authenticator(settings: Settings, tickets: TicketStore | None = None) 
                 raise Unauthorized("send Authorization: Bearer <jwt>")
             return verifier.verify(token.strip())
         ticket = request.args.get("ticket")
-        if ticket and tickets is not None and accepts_ticket(request):
+        if ticket and tickets is not None and paths.accepts(request):
             user = await tickets.redeem(ticket)
             if user is None:
                 raise Unauthorized("the ticket is unknown, used or expired: get a new one")
