@@ -16,11 +16,10 @@ from sanic_chat.core.events import (
     MessageCreate,
     ServerEvent,
 )
-from sanic_chat.core.service import ChatService
-from sanic_chat.core.settings import CoreSettings
 from sanic_chat.store.memory import MemoryMessageStore
 
-from .fakes import ScriptedProvider, StaticModels
+from .fakes import ScriptedProvider
+from .support import running_service
 
 
 class SlowStartBus(MemoryBus):
@@ -32,22 +31,9 @@ class SlowStartBus(MemoryBus):
         await super().publish(conversation_id, event)
 
 
-async def _service(provider: ScriptedProvider, bus: MemoryBus) -> ChatService:
-    service = ChatService(
-        store=MemoryMessageStore(),
-        bus=bus,
-        models=StaticModels(provider),
-        node_id="node-a",
-        settings=CoreSettings(checkpoint_interval_s=0.05),
-    )
-    await service.start()
-    return service
-
-
 async def test_the_provider_is_asked_in_the_turn_after_the_post() -> None:
     provider = ScriptedProvider()
-    service = await _service(provider, MemoryBus())
-    try:
+    async with running_service(MemoryMessageStore(), MemoryBus(), provider) as service:
         await service.post("alice", MessageCreate(str(uuid.uuid4()), "hi"))
         turns = 0
         while not provider.requests:
@@ -57,17 +43,14 @@ async def test_the_provider_is_asked_in_the_turn_after_the_post() -> None:
         # the reply's task started first and created it a turn later)
         assert turns == 1
         provider.end()
-    finally:
-        await service.close()
 
 
 @pytest.mark.parametrize("first_text_ready", [True, False])
 async def test_the_start_goes_out_once_and_before_any_text(first_text_ready: bool) -> None:
     provider = ScriptedProvider()
     bus = SlowStartBus()
-    service = await _service(provider, bus)
     seen: list[ServerEvent] = []
-    try:
+    async with running_service(MemoryMessageStore(), bus, provider) as service:
         if first_text_ready:  # the upstream answers before the start is published
             provider.feed("Hel", "lo")
         posted, _ = await service.post("alice", MessageCreate(str(uuid.uuid4()), "hi"))
@@ -78,8 +61,6 @@ async def test_the_start_goes_out_once_and_before_any_text(first_text_ready: boo
         assert posted.reply is not None
         generation = service.running[posted.reply.id]
         await asyncio.wait_for(generation.done.wait(), 5.0)
-    finally:
-        await service.close()
     kinds = [type(e).__name__ for e in seen]
     assert kinds.count("GenerationStarted") == 1, kinds
     assert isinstance(seen[0], GenerationStarted), kinds

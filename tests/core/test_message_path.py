@@ -6,10 +6,8 @@ nothing of it."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 
 from sanic_chat.bus.memory import MemoryBus
@@ -18,15 +16,14 @@ from sanic_chat.core.events import (
     GenerationCompleted,
     GenerationStarted,
     MessageAccepted,
-    ServerEvent,
 )
 from sanic_chat.core.ports import Posted
 from sanic_chat.core.service import ChatService
 from sanic_chat.core.session import ChatSession
-from sanic_chat.core.settings import CoreSettings
 from sanic_chat.store.memory import MemoryMessageStore
 
-from .fakes import Pause, ScriptedProvider, StaticModels
+from .fakes import Pause, ScriptedProvider
+from .support import connect_and_post, create, next_event, running_service
 
 
 class CountingStore(MemoryMessageStore):
@@ -60,33 +57,8 @@ async def world() -> AsyncIterator[
     tuple[ChatService, ScriptedProvider, CountingStore, CountingBus]
 ]:
     provider, store, bus = ScriptedProvider(), CountingStore(), CountingBus()
-    service = ChatService(
-        store=store,
-        bus=bus,
-        models=StaticModels(provider),
-        node_id="node-a",
-        settings=CoreSettings(checkpoint_interval_s=0.05),
-    )
-    await service.start()
-    yield service, provider, store, bus
-    await service.close()
-
-
-def create(content: str, conversation_id: str | None = None) -> bytes:
-    fields: dict[str, object] = {
-        "type": "message.create",
-        "client_id": str(uuid.uuid4()),
-        "content": content,
-    }
-    if conversation_id is not None:
-        fields["conversation_id"] = conversation_id
-    return orjson.dumps(fields)
-
-
-async def next_event(session: ChatSession) -> ServerEvent:
-    event = await asyncio.wait_for(session.outbox.get(), 2.0)
-    assert event is not None
-    return event
+    async with running_service(store, bus, provider) as service:
+        yield service, provider, store, bus
 
 
 async def until_completed(session: ChatSession) -> None:
@@ -98,17 +70,14 @@ async def test_a_message_to_an_existing_conversation_reads_ownership_once_and_pi
     world: tuple[ChatService, ScriptedProvider, CountingStore, CountingBus],
 ) -> None:
     service, provider, store, bus = world
-    first = ChatSession(service, "alice")
-    await first.receive(create("one"))
-    accepted = await next_event(first)
-    assert isinstance(accepted, MessageAccepted)
+    first, accepted = await connect_and_post(service, "alice", "one")
     provider.end()
     await until_completed(first)
 
     # a new connection (not yet subscribed) and the same one (subscribed) post again
     for session in (ChatSession(service, "alice"), first):
         store.ownership_reads = bus.pings = 0
-        await session.receive(create("again", accepted.conversation_id))
+        await session.receive(create("again", conversation_id=accepted.conversation_id))
         again = await next_event(session)
         assert isinstance(again, MessageAccepted), again
         assert isinstance(await next_event(session), GenerationStarted)
@@ -122,15 +91,14 @@ async def test_a_post_to_another_users_conversation_hears_nothing_of_it(
     world: tuple[ChatService, ScriptedProvider, CountingStore, CountingBus],
 ) -> None:
     service, provider, store, bus = world
-    alice = ChatSession(service, "alice")
-    await alice.receive(create("mine"))
-    accepted = await next_event(alice)
-    assert isinstance(accepted, MessageAccepted)
+    alice, accepted = await connect_and_post(service, "alice", "mine")
     conversation_id = accepted.conversation_id
 
     mallory = ChatSession(service, "mallory")
     store.pause.arm("mallory")
-    sneaking = asyncio.ensure_future(mallory.receive(create("sneak", conversation_id)))
+    sneaking = asyncio.ensure_future(
+        mallory.receive(create("sneak", conversation_id=conversation_id))
+    )
     await store.pause.entered.wait()
     # subscribed before the post answers: alice's reply streams meanwhile
     assert bus.subscriber_count(conversation_id) == 2

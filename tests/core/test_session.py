@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import orjson
 import pytest
 
 from sanic_chat.bus.memory import MemoryBus
@@ -23,43 +22,17 @@ from sanic_chat.core.events import (
 )
 from sanic_chat.core.service import ChatService
 from sanic_chat.core.session import ChatSession
-from sanic_chat.core.settings import CoreSettings
 from sanic_chat.store.memory import MemoryMessageStore
 
-from .fakes import ScriptedProvider, StaticModels
+from .fakes import ScriptedProvider
+from .support import connect_and_post, create, frame, next_event, running_service, subscribe
 
 
 @pytest.fixture
 async def world():
-    provider = ScriptedProvider()
-    store = MemoryMessageStore()
-    bus = MemoryBus(tail_ttl_s=0.5)
-    service = ChatService(
-        store=store,
-        bus=bus,
-        models=StaticModels(provider),
-        node_id="node-a",
-        settings=CoreSettings(checkpoint_interval_s=0.05),
-    )
-    await service.start()
-    yield service, provider, store
-    await service.close()
-
-
-def frame(**fields: object) -> bytes:
-    return orjson.dumps(fields)
-
-
-def create(content: str = "hello", client_id: str | None = None, **extra: object) -> bytes:
-    return frame(
-        type="message.create", client_id=client_id or str(uuid.uuid4()), content=content, **extra
-    )
-
-
-async def next_event(session: ChatSession, timeout: float = 2.0) -> ServerEvent:
-    event = await asyncio.wait_for(session.outbox.get(), timeout)
-    assert event is not None
-    return event
+    provider, store = ScriptedProvider(), MemoryMessageStore()
+    async with running_service(store, MemoryBus(tail_ttl_s=0.5), provider) as service:
+        yield service, provider, store
 
 
 async def events_until_terminal(session: ChatSession) -> list[ServerEvent]:
@@ -83,11 +56,8 @@ def text_of(events: list[ServerEvent]) -> str:
 
 async def test_message_is_committed_before_it_is_accepted(world) -> None:
     service, provider, store = world
-    session = ChatSession(service, "alice")
     client_id = str(uuid.uuid4())
-    await session.receive(create("hi there", client_id))
-    accepted = await next_event(session)
-    assert isinstance(accepted, MessageAccepted)
+    session, accepted = await connect_and_post(service, "alice", "hi there", client_id)
     assert accepted.client_id == client_id
     stored = await store.get_message("alice", accepted.message.id)
     assert stored is not None and stored.content == "hi there" and stored.role == "user"
@@ -111,11 +81,8 @@ async def test_resending_the_same_client_id_returns_the_same_message_and_starts_
     world,
 ) -> None:
     service, provider, store = world
-    session = ChatSession(service, "alice")
     client_id = str(uuid.uuid4())
-    await session.receive(create("once", client_id))
-    first = await next_event(session)
-    assert isinstance(first, MessageAccepted)
+    session, first = await connect_and_post(service, "alice", "once", client_id)
     assert isinstance(await next_event(session), GenerationStarted)
     other = ChatSession(service, "alice")  # e.g. the client reconnected and resent
     await other.receive(create("once", client_id))
@@ -132,10 +99,7 @@ async def test_resending_the_same_client_id_returns_the_same_message_and_starts_
 
 async def test_a_closed_connection_does_not_stop_the_reply(world) -> None:
     service, provider, store = world
-    session = ChatSession(service, "alice")
-    await session.receive(create())
-    accepted = await next_event(session)
-    assert isinstance(accepted, MessageAccepted)
+    session, accepted = await connect_and_post(service, "alice")
     provider.feed("part one, ")
     await session.close()  # the connection drops mid-reply
     provider.feed("part two")
@@ -148,9 +112,7 @@ async def test_a_closed_connection_does_not_stop_the_reply(world) -> None:
 
 async def test_cancel_keeps_exactly_the_streamed_text(world) -> None:
     service, provider, store = world
-    session = ChatSession(service, "alice")
-    await session.receive(create())
-    accepted = await next_event(session)
+    session, accepted = await connect_and_post(service, "alice")
     assert isinstance(await next_event(session), GenerationStarted)
     provider.feed("abc")
     seen = [await next_event(session)]
@@ -169,10 +131,7 @@ async def test_cancel_keeps_exactly_the_streamed_text(world) -> None:
 
 async def test_second_message_while_a_reply_runs_is_a_conflict(world) -> None:
     service, provider, _ = world
-    session = ChatSession(service, "alice")
-    await session.receive(create())
-    accepted = await next_event(session)
-    assert isinstance(accepted, MessageAccepted)
+    session, accepted = await connect_and_post(service, "alice")
     second_id = str(uuid.uuid4())
     await session.receive(create("again", second_id, conversation_id=accepted.conversation_id))
     events = [await next_event(session) for _ in range(2)]
@@ -238,9 +197,7 @@ async def test_error_ref_names_the_offending_client_id(world) -> None:
 
 async def test_provider_failure_stores_partial_text_as_failed(world) -> None:
     service, provider, store = world
-    session = ChatSession(service, "alice")
-    await session.receive(create())
-    accepted = await next_event(session)
+    session, accepted = await connect_and_post(service, "alice")
     provider.feed("half a ")
     provider.fail(ProviderFailure("upstream closed the stream"))
     events = await events_until_terminal(session)
@@ -254,9 +211,7 @@ async def test_provider_failure_stores_partial_text_as_failed(world) -> None:
 
 async def test_history_is_sent_to_the_provider_in_order(world) -> None:
     service, provider, _ = world
-    session = ChatSession(service, "alice")
-    await session.receive(create("first question"))
-    accepted = await next_event(session)
+    session, accepted = await connect_and_post(service, "alice", "first question")
     provider.feed("first answer")
     provider.end()
     await events_until_terminal(session)
@@ -273,9 +228,7 @@ async def test_history_is_sent_to_the_provider_in_order(world) -> None:
 
 async def test_resume_from_an_offset_replays_exactly_the_rest_then_continues_live(world) -> None:
     service, provider, _ = world
-    writer = ChatSession(service, "alice")
-    await writer.receive(create())
-    accepted = await next_event(writer)
+    _writer, accepted = await connect_and_post(service, "alice")
     provider.feed("0123456789")
     await asyncio.sleep(0.01)
     reader = ChatSession(service, "alice")
@@ -295,9 +248,7 @@ async def test_resume_from_an_offset_replays_exactly_the_rest_then_continues_liv
 
 async def test_resume_of_a_finished_reply_comes_from_the_database(world) -> None:
     service, provider, _ = world
-    session = ChatSession(service, "alice")
-    await session.receive(create())
-    accepted = await next_event(session)
+    session, accepted = await connect_and_post(service, "alice")
     provider.feed("all of it")
     provider.end()
     await events_until_terminal(session)
@@ -314,14 +265,12 @@ async def test_resume_of_a_finished_reply_comes_from_the_database(world) -> None
 
 async def test_another_users_generation_is_not_found(world) -> None:
     service, provider, _ = world
-    alice = ChatSession(service, "alice")
-    await alice.receive(create())
-    accepted = await next_event(alice)
+    _alice, accepted = await connect_and_post(service, "alice")
     mallory = ChatSession(service, "mallory")
     for raw in (
         frame(type="generation.resume", generation_id=accepted.generation_id, offset=0),
         frame(type="generation.cancel", generation_id=accepted.generation_id),
-        frame(type="conversation.subscribe", conversation_id=accepted.conversation_id),
+        subscribe(accepted.conversation_id),
         create("sneak", conversation_id=accepted.conversation_id),
     ):
         await mallory.receive(raw)
@@ -330,17 +279,22 @@ async def test_another_users_generation_is_not_found(world) -> None:
     provider.end()
 
 
+async def a_reply_and_another_tab(
+    service: ChatService,
+) -> tuple[ChatSession, MessageAccepted, ChatSession]:
+    """alice posts on one connection (its reply starts) and subscribes a second
+    connection of hers to the conversation."""
+    writer, accepted = await connect_and_post(service, "alice")
+    tab = ChatSession(service, "alice")
+    await tab.receive(subscribe(accepted.conversation_id))
+    return writer, accepted, tab
+
+
 async def test_subscribers_of_a_conversation_see_the_reply_and_stop_from_either_ends_it(
     world,
 ) -> None:
     service, provider, _ = world
-    sender = ChatSession(service, "alice")
-    await sender.receive(create())
-    accepted = await next_event(sender)
-    other_tab = ChatSession(service, "alice")
-    await other_tab.receive(
-        frame(type="conversation.subscribe", conversation_id=accepted.conversation_id)
-    )
+    sender, accepted, other_tab = await a_reply_and_another_tab(service)
     provider.feed("shared ")
     await asyncio.sleep(0.01)
     await other_tab.receive(frame(type="generation.cancel", generation_id=accepted.generation_id))
@@ -353,10 +307,8 @@ async def test_subscribers_of_a_conversation_see_the_reply_and_stop_from_either_
 
 async def test_a_resend_on_the_same_connection_is_answered_again(world) -> None:
     service, provider, _ = world
-    session = ChatSession(service, "alice")
     client_id = str(uuid.uuid4())
-    await session.receive(create("twice", client_id))
-    first = await next_event(session)
+    session, first = await connect_and_post(service, "alice", "twice", client_id)
     provider.end()
     await events_until_terminal(session)
     await session.receive(create("twice", client_id))
@@ -367,13 +319,7 @@ async def test_a_resend_on_the_same_connection_is_answered_again(world) -> None:
 
 async def test_unsubscribe_stops_a_conversations_events_but_not_its_reply(world) -> None:
     service, provider, store = world
-    writer = ChatSession(service, "alice")
-    await writer.receive(create())
-    accepted = await next_event(writer)
-    tab = ChatSession(service, "alice")
-    await tab.receive(
-        frame(type="conversation.subscribe", conversation_id=accepted.conversation_id)
-    )
+    writer, accepted, tab = await a_reply_and_another_tab(service)
     provider.feed("seen ")
     first = await next_event(tab)
     assert isinstance(first, GenerationDelta)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 
 from sanic_chat.core.events import (
@@ -29,30 +27,16 @@ from sanic_chat.core.events import (
 )
 from sanic_chat.core.service import ChatService
 from sanic_chat.core.session import ChatSession
-from sanic_chat.core.settings import CoreSettings
 
-from .fakes import PausingBus, PausingStore, ScriptedProvider, StaticModels
+from .fakes import PausingBus, PausingStore, ScriptedProvider
+from .support import connect_and_post, running_service, subscribe
 
 
 @pytest.fixture
 async def world() -> AsyncIterator[tuple[ChatService, ScriptedProvider, PausingStore, PausingBus]]:
-    provider = ScriptedProvider()
-    store = PausingStore()
-    bus = PausingBus(tail_ttl_s=60.0)
-    service = ChatService(
-        store=store,
-        bus=bus,
-        models=StaticModels(provider),
-        node_id="node-a",
-        settings=CoreSettings(checkpoint_interval_s=0.05),
-    )
-    await service.start()
-    yield service, provider, store, bus
-    await service.close()
-
-
-def frame(**fields: object) -> bytes:
-    return orjson.dumps(fields)
+    provider, store, bus = ScriptedProvider(), PausingStore(), PausingBus(tail_ttl_s=60.0)
+    async with running_service(store, bus, provider) as service:
+        yield service, provider, store, bus
 
 
 class Wire:
@@ -126,11 +110,7 @@ async def started_reply(
     service: ChatService, provider: ScriptedProvider, text: str
 ) -> tuple[ChatSession, Reader, MessageAccepted]:
     """A reply running in a new conversation, ``text`` of it already published."""
-    writer = ChatSession(service, "alice")
-    await writer.receive(
-        frame(type="message.create", client_id=str(uuid.uuid4()), content="question")
-    )
-    accepted = await asyncio.wait_for(writer.outbox.get(), 2.0)
+    writer, accepted = await connect_and_post(service, "alice", "question")
     assert isinstance(accepted, MessageAccepted) and accepted.generation_id is not None
     seen = Reader(writer, accepted.generation_id)
     provider.feed(text)
@@ -158,14 +138,7 @@ async def test_subscribe_with_an_offset_sends_started_then_the_rest_once_however
     pause = store.pause if slow_read == "database" else bus.pause
     pause.arm(generation_id)
     subscribing = asyncio.create_task(
-        fresh.receive(
-            frame(
-                type="conversation.subscribe",
-                conversation_id=accepted.conversation_id,
-                generation_id=generation_id,
-                offset=4,
-            )
-        )
+        fresh.receive(subscribe(accepted.conversation_id, generation_id=generation_id, offset=4))
     )
     await asyncio.wait_for(pause.entered.wait(), 2.0)
     # while the resume reads, the reply goes on: live text is published (and
@@ -206,27 +179,13 @@ async def test_subscribe_with_an_offset_catches_up_in_publish_order_while_others
     wire = Wire(fresh)
     store.pause.arm(first)
     subscribing = asyncio.create_task(
-        fresh.receive(
-            frame(
-                type="conversation.subscribe",
-                conversation_id=accepted.conversation_id,
-                generation_id=first,
-                offset=6,
-            )
-        )
+        fresh.receive(subscribe(accepted.conversation_id, generation_id=first, offset=6))
     )
     await asyncio.wait_for(store.pause.entered.wait(), 2.0)
     # another tab posts the next message while this connection resumes the first reply
-    other_tab = ChatSession(service, "alice")
-    await other_tab.receive(
-        frame(
-            type="message.create",
-            client_id=str(uuid.uuid4()),
-            content="and then?",
-            conversation_id=accepted.conversation_id,
-        )
+    other_tab, next_accepted = await connect_and_post(
+        service, "alice", "and then?", conversation_id=accepted.conversation_id
     )
-    next_accepted = await asyncio.wait_for(other_tab.outbox.get(), 2.0)
     assert isinstance(next_accepted, MessageAccepted) and next_accepted.generation_id is not None
     second = next_accepted.generation_id
     provider.feed("second ")
