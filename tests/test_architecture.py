@@ -199,3 +199,82 @@ def test_the_internals_check_sees_a_new_violation() -> None:
     tree = ast.parse("from sanic.server.protocols.http_protocol import HttpProtocol\n")
     assert _internal_imports(tree) == ["sanic.server.protocols.http_protocol"]
     assert _internal_imports(ast.parse("from sanic import Websocket\n")) == []
+
+
+# -- one composition root: nothing else chooses an implementation ---------------
+
+#: the composition root (rule 3): the only modules that read the environment or a
+#: URL's scheme to choose an implementation; config.py reads the settings themselves
+COMPOSITION_ROOT = ("app.py", "wiring.py", "cli.py", "startup.py", "config.py")
+
+#: the schemes of the store's and the bus's URLs
+_URL_SCHEMES = ("sqlite", "postgres", "redis", "memory:")
+
+
+def _looks_at_a_scheme(node: ast.Call) -> bool:
+    """``x.startswith("redis://")``, ``x.startswith(("sqlite", ...))``."""
+    if not (isinstance(node.func, ast.Attribute) and node.func.attr == "startswith"):
+        return False
+    texts = [
+        n.value
+        for arg in node.args
+        for n in ast.walk(arg)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+    return any(text.lower().startswith(_URL_SCHEMES) for text in texts)
+
+
+def choosers(package: Path) -> list[str]:
+    """``module:line what`` for each place outside the composition root that reads the
+    environment (``os.environ``, ``os.getenv``, ``Settings.from_env``, the proxy
+    settings) or checks a store or bus URL's scheme."""
+    found: list[tuple[str, int, str]] = []
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(package).as_posix()
+        if module in COMPOSITION_ROOT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            what = None
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                what = ast.unparse(node)
+            elif isinstance(node, ast.ImportFrom) and node.module == "os":
+                names = {alias.name for alias in node.names} & {"environ", "getenv"}
+                what = f"from os import {', '.join(sorted(names))}" if names else None
+            elif isinstance(node, ast.Attribute) and node.attr in ("from_env", "getproxies"):
+                what = ast.unparse(node)
+            elif isinstance(node, ast.Call) and _looks_at_a_scheme(node):
+                what = ast.unparse(node)
+            if what is not None:
+                found.append((module, node.lineno, what))
+    return [f"{module}:{line} {what}" for module, line, what in sorted(found)]
+
+
+def test_only_the_composition_root_chooses_implementations() -> None:
+    assert choosers(PACKAGE) == [], (
+        "only the composition root (app.py, wiring.py, cli.py, startup.py, config.py) reads "
+        "the environment or a URL's scheme to choose an implementation "
+        "(docs/architecture.md, rule 3): build the part in sanic_chat/wiring.py and hand "
+        "it over ready"
+    )
+
+
+def test_the_chooser_check_sees_a_new_violation(tmp_path: Path) -> None:
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "guard.py").write_text(
+        "import os\n"
+        "from os import environ\n"
+        "def f(settings, url):\n"
+        '    if settings.bus_url.startswith(("redis://", "rediss://")):\n'
+        "        return os.environ.get('X')\n"
+        '    if url.startswith("sqlite:"):\n'
+        "        return Settings.from_env()\n"
+        '    return url.startswith("https://")\n'  # not a store or bus URL: allowed
+    )
+    (tmp_path / "wiring.py").write_text('import os\nx = os.environ.get("REDIS_URL")\n')
+    assert choosers(tmp_path) == [
+        "security/guard.py:2 from os import environ",
+        "security/guard.py:4 settings.bus_url.startswith(('redis://', 'rediss://'))",
+        "security/guard.py:5 os.environ",
+        "security/guard.py:6 url.startswith('sqlite:')",
+        "security/guard.py:7 Settings.from_env",
+    ]

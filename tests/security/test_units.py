@@ -279,3 +279,34 @@ def test_a_wrong_public_key_fails_at_start(tmp_path: Path, kind: str) -> None:
     )
     with pytest.raises(ConfigError):
         TokenVerifier(settings)
+
+
+class _Request:
+    def __init__(self, method: str, path: str) -> None:
+        self.method, self.path = method, path
+
+
+def test_tickets_are_accepted_on_the_transports_own_paths_only() -> None:
+    from sanic_chat.security.identity import TicketPaths
+    from sanic_chat.transports import sse, websocket
+
+    both = TicketPaths([*websocket.TICKET_PATHS, *sse.TICKET_PATHS])
+    ws_only = TicketPaths(websocket.TICKET_PATHS)
+    gid = str(uuid.uuid4())
+    streams = [f"/api/v1/conversations/{gid}/events", f"/api/v1/generations/{gid}/events"]
+    for path in ["/ws", *streams]:
+        assert both.accepts(_Request("GET", path)), path
+        assert not both.accepts(_Request("POST", path)), path
+    # a transport that is off lends its paths to no one
+    assert ws_only.accepts(_Request("GET", "/ws"))
+    assert not any(ws_only.accepts(_Request("GET", path)) for path in streams)
+    for path in [
+        "/ws/x",
+        "/wss",
+        f"/api/v1/conversations/{gid}/messages",
+        f"/api/v1/conversations/{gid}/x/events",
+        "/api/v1/conversations//events",
+        "/api/v1/tickets",
+    ]:
+        assert not both.accepts(_Request("GET", path)), path
+    assert not TicketPaths().accepts(_Request("GET", "/ws"))
