@@ -6,6 +6,8 @@
 2. What imports cannot show: the service's ``.store`` and ``.bus`` are reached only
    inside sanic_chat/core and the composition root (rule 2, one door). A module
    holding the whole service can call around the core without importing the store.
+3. One composition root (rule 3): only app.py, wiring.py, cli.py, startup.py and
+   config.py read the environment or a store or bus URL's scheme.
 """
 
 from __future__ import annotations
