@@ -13,7 +13,8 @@ Hand-built, in place of redis-py's ``PubSub``:
   plain callables in publish order. Here: ``SUBSCRIBE``/``UNSUBSCRIBE`` and a ``PING``
   barrier written under one lock, one task reading raw RESP2 replies.
 * **The benchmark.** The two-worker ``capacity`` run in ``benchmarks/RESULTS.md`` (every
-  delta comes back through this reader; server CPU per reply on the Redis bus) and
+  delta of the other worker comes through this reader, and every own one comes back and is
+  dropped unread; server CPU per reply on the Redis bus) and
   ``tests/bus/test_throughput.py``.
 * **When to delete it.** When redis-py's ``PubSub`` can report that a (re)subscription was
   confirmed, reads with a blocking ``listen()`` without polling, and the two-worker
@@ -35,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sanic_chat.core.errors import Unavailable
-from sanic_chat.core.events import event_from_wire
+from sanic_chat.core.events import ServerEvent, event_from_wire
 from sanic_chat.core.ports import CancelListener, EventListener
 
 from .backoff import Backoff
@@ -56,7 +57,10 @@ class PubSubReader:
     ``connect_timeout_s`` bounds connecting and waiting for a confirmation;
     ``health_check_s`` is how often the connection is PINGed (and how long a PONG may
     take); ``on_up`` runs (as a task) each time the connection is subscribed again after
-    it was lost -- the bus restores its live tails there.
+    it was lost -- the bus restores its live tails there. A message whose payload starts
+    with ``own_prefix`` was published by this process, whose local listeners heard it at
+    publish time (:meth:`deliver`): it is skipped before it is decoded, and counted in
+    :attr:`echoes_skipped`.
     """
 
     def __init__(
@@ -68,9 +72,13 @@ class PubSubReader:
         connect_timeout_s: float,
         health_check_s: float,
         max_backoff_s: float,
+        own_prefix: bytes,
         on_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._new_connection = connect
+        self._own_prefix = own_prefix
+        #: this process's own messages that came back from Redis and were dropped unread
+        self.echoes_skipped = 0
         self._cancel_channel = cancel_channel
         self.client_name = client_name
         self.connect_timeout_s = connect_timeout_s
@@ -284,13 +292,24 @@ class PubSubReader:
                 except Exception:  # one broken listener must not starve the others
                     log.exception("cancel listener failed")
             return
-        listeners = self._listeners.get(channel)
-        if not listeners:
+        if payload.startswith(self._own_prefix):
+            # published here: the local listeners heard it when its publish returned
+            self.echoes_skipped += 1
+            return
+        if channel not in self._listeners:
             return
         try:
             event = event_from_wire(orjson.loads(payload))
         except Exception:  # a foreign or corrupt message must not kill the reader
             log.exception("undecodable bus message on %r", channel)
+            return
+        self.deliver(channel, event)
+
+    def deliver(self, channel: bytes, event: ServerEvent) -> None:
+        """Hand ``event`` to the local listeners of ``channel``, in subscription order: what
+        arrives from other processes, and (called by the bus) what this process published."""
+        listeners = self._listeners.get(channel)
+        if not listeners:
             return
         for listener in tuple(listeners):
             try:

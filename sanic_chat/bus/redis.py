@@ -7,6 +7,10 @@ Layout (``prefix`` defaults to ``sanic-chat``)::
     {prefix}:conv:{conversation_id} pub/sub channel carrying the same JSON, per conversation
     {prefix}:cancel                 pub/sub channel carrying generation ids to stop
 
+Every event JSON the bus writes starts with ``{"_from":"<bus id>",`` (a random id per bus
+instance, i.e. per process): the field that lets a process recognise its own messages
+when Redis pushes them back. Readers of events ignore it.
+
 Invariants:
 
 * A generation event is appended to its stream and published on its conversation's channel
@@ -22,6 +26,24 @@ Invariants:
   listens to (``pubsub.py``). When it drops, it reconnects with backoff and subscribes
   again. Events published during the outage are lost *for fan-out*; the tails are intact
   (or restored), so a follower that resumes by offset loses nothing.
+* **Local delivery.** This process's listeners hear an event it publishes from ``publish``
+  itself, once Redis ran the script (the event is in its tail and on its way to the other
+  processes), before ``publish`` returns -- not through the pub/sub connection. Redis
+  still pushes it back there (the process listens to the channel for the others'
+  events); the reader drops it unread by its ``_from`` prefix. So a local listener hears
+  each event once, in this process's publish order, without that second leg; the other
+  processes' events come through the reader, in their publisher's order. Between the two
+  only cause and effect orders events: one published here after another was heard here
+  comes after it for every listener, but two published at the same moment by two
+  processes may reach listeners in different processes in different orders (the
+  protocol promises no more: docs/protocol.md, "Order and delivery").
+  An event whose publish failed is heard by nobody, here included: a client never holds
+  text that no tail has (a resume by offset on another node would refuse such an offset
+  as past the end). The generation publishes what failed again, from its last published
+  offset, once Redis answers, and every listener hears it then (when a publish timed out
+  after Redis ran it, the other processes heard it already: offsets absorb the overlap).
+  Delivering before Redis answered would save local listeners one round trip, at that
+  price.
 * Publishing is on the hot path (one event per token): events are packed here, once, and
   the publishes of concurrent replies share one connection, sent in batches (``resp.py``).
 
@@ -149,7 +171,10 @@ class RedisBus:
         self._redis = Redis(connection_pool=self._pool)
         self._pipeline = Pipeline(self._connect_publisher, command_timeout_s)
 
-        self._conv_prefix = f"{prefix}:conv:"
+        #: this bus instance's id in every event JSON it writes (see ``_from`` above)
+        self.instance_id = secrets.token_hex(6)
+        self._own = b'{"_from":"%s",' % self.instance_id.encode()
+        self._conv_prefix = f"{prefix}:conv:".encode()
         self._gen_prefix = f"{prefix}:gen:"
         self._safety_ms = str(int(self.safety_ttl_s * 1000)).encode()
         self._refresh_below_ms = str(int(self.safety_ttl_s * 500)).encode()
@@ -170,6 +195,7 @@ class RedisBus:
             connect_timeout_s=connect_timeout_s,
             health_check_s=health_check_s,
             max_backoff_s=max_backoff_s,
+            own_prefix=self._own,
             on_up=self._restore_open_tails,
         )
 
@@ -207,9 +233,15 @@ class RedisBus:
 
     # ------------------------------------------------------------------ publishing
 
+    def _encode(self, event: ServerEvent) -> bytes:
+        # the event JSON (an object: it starts with "{"), tagged as this bus's own
+        return self._own + encode_event(event)[1:]
+
     async def publish(self, conversation_id: str, event: ServerEvent) -> None:
-        payload = encode_event(event)
-        channel = self._conv_prefix + conversation_id
+        """Append ``event`` to its tail and publish it; this process's listeners hear it
+        once Redis ran it, before this returns (see "Local delivery" above)."""
+        payload = self._encode(event)
+        channel = self._conv_prefix + conversation_id.encode()
         if isinstance(event, GenerationDelta):
             # remembered first: if this publish fails, a restore still has its text
             self._open.extended(event)
@@ -225,18 +257,24 @@ class RedisBus:
         try:
             reply = await self._pipeline.call(command)
             if reply == TAIL_LOST and isinstance(event, GenerationDelta):
+                # not appended, not published: the restore writes (and delivers here) the
+                # whole text, this delta's included; or it is not running here at all
                 await self._restore(event.generation_id)
+                return
         except _DOWN as exc:
             raise Unavailable() from exc
+        self._reader.deliver(channel, event)
 
-    def _pack_publish(self, generation_id: str, channel: str, payload: bytes, mode: bytes) -> bytes:
+    def _pack_publish(
+        self, generation_id: str, channel: bytes, payload: bytes, mode: bytes
+    ) -> bytes:
         # EVALSHA sha 1 key channel payload mode safety refresh-below close: only the key,
         # the channel and the payload change from one event to the next
         return b"".join(
             (
                 self._evalsha_head,
                 bulk((self._gen_prefix + generation_id).encode()),
-                bulk(channel.encode()),
+                bulk(channel),
                 bulk(payload),
                 self._evalsha_tails[mode],
             )
@@ -244,21 +282,28 @@ class RedisBus:
 
     async def _restore(self, generation_id: str) -> bool:
         """Write the tail of a reply running here anew if its stream is gone: its start
-        and its whole text so far (one delta from offset 0). True when it was missing."""
+        and its whole text so far (one delta from offset 0), which the script publishes
+        and this process's listeners hear too. True when it was missing."""
         tail = self._open.get(generation_id)
         if tail is None:
             log.warning("the tail of %s is gone and is not running here", generation_id)
             return False
         text = tail.text()
-        delta = encode_event(GenerationDelta(generation_id, 0, text)) if text else b""
+        whole = GenerationDelta(generation_id, 0, text)
+        delta = self._encode(whole) if text else b""
         key = self._gen_prefix + generation_id
         command = pack(
             b"EVALSHA", RESTORE_SHA, b"1", key, tail.channel, tail.started, delta, self._safety_ms
         )
         restored = await self._pipeline.call(command)
-        if restored == 1:
-            log.info("restored the live tail of %s (%d code points)", generation_id, len(text))
-        return bool(restored == 1)
+        if restored != 1:
+            return False
+        log.info("restored the live tail of %s (%d code points)", generation_id, len(text))
+        if text:
+            # a follower here that joined from the database checkpoint while the stream
+            # was gone misses the text in between: the whole text fills it (by offset)
+            self._reader.deliver(tail.channel, whole)
+        return True
 
     async def _restore_open_tails(self) -> None:
         """After the pub/sub connection came back (Redis may have restarted): restore the
@@ -339,14 +384,18 @@ class RedisBus:
     ) -> Callable[[], Awaitable[None]]:
         """Listen to a conversation; returns once Redis confirmed the subscription (raises
         :class:`Unavailable` if it does not within ``connect_timeout_s``)."""
-        return await self._reader.subscribe(
-            (self._conv_prefix + conversation_id).encode(), listener
-        )
+        return await self._reader.subscribe(self._conv_prefix + conversation_id.encode(), listener)
 
     async def on_cancel(self, listener: CancelListener) -> None:
         """Register a handler of cancel requests (from any node, this one included);
         returns once the cancel channel is confirmed subscribed."""
         await self._reader.on_cancel(listener)
 
+    @property
+    def echoes_skipped(self) -> int:
+        """How many of this process's own events Redis pushed back and the reader dropped
+        unread (their local listeners had heard them from ``publish``)."""
+        return self._reader.echoes_skipped
+
     def subscriber_count(self, conversation_id: str) -> int:
-        return self._reader.count((self._conv_prefix + conversation_id).encode())
+        return self._reader.count(self._conv_prefix + conversation_id.encode())

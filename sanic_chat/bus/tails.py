@@ -156,8 +156,8 @@ def join_tail(generation_id: str, raw: bytes) -> Tail | None:
 class OpenTail:
     """A reply this process publishes and has not ended: enough to write its tail anew."""
 
-    channel: str
-    started: bytes  # the generation.started JSON
+    channel: bytes
+    started: bytes  # the generation.started JSON, as published
     parts: list[str] = field(default_factory=list)
     length: int = 0
     opened_at: float = field(default_factory=time.monotonic)
@@ -197,7 +197,7 @@ class OpenTails:
     def __len__(self) -> int:
         return len(self._open)
 
-    def opened(self, generation_id: str, channel: str, started: bytes) -> None:
+    def opened(self, generation_id: str, channel: bytes, started: bytes) -> None:
         self._open[generation_id] = OpenTail(channel, started)
         if len(self._open) > self._sweep_at:
             cutoff = time.monotonic() - self.forget_after_s

@@ -63,6 +63,34 @@ async def test_a_delta_that_finds_its_tail_gone_restores_the_whole_text(
     assert tail is not None and tail.text == "".join(pieces) and tail.terminal is not None
 
 
+async def test_a_follower_in_the_publishing_process_gets_the_restored_whole_text_too(
+    make_redis_bus: MakeBus, redis_admin: Redis
+) -> None:
+    """The restore's whole-text delta is this process's own event: its pub/sub echo is
+    dropped, so its listeners hear it from the restore itself -- a follower here that
+    joined from an older checkpoint while the stream was gone gets the text it misses."""
+    publisher = await _redis_bus(make_redis_bus, node_id="a")
+    conversation = new_id()
+    start = started(conversation)
+    pieces = text_pieces(30)
+    for event in (start, *deltas(start.generation_id, pieces[:20])):
+        await publisher.publish(conversation, event)
+    heard: list[ServerEvent] = []
+    await publisher.subscribe(conversation, heard.append)
+
+    await redis_admin.delete(f"{publisher.prefix}:gen:{start.generation_id}")
+    await publisher.publish(conversation, deltas(start.generation_id, pieces)[20])
+
+    whole = "".join(pieces[:21])
+    assert heard == [GenerationDelta(start.generation_id, 0, whole)]
+    tail = await publisher.tail(start.generation_id)
+    assert tail is not None and tail.text == whole
+    # its echo (the only one: the channel was subscribed after the first 21 events) is
+    # dropped, so the whole text is heard once
+    await eventually(lambda: publisher.echoes_skipped == 1)
+    assert len(heard) == 1
+
+
 async def test_after_the_pubsub_connection_returns_open_tails_are_restored_without_a_delta(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
