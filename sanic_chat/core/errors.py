@@ -19,6 +19,7 @@ The tree::
     │   └── ProviderUnauthorized   provider_unauthorized 502
     ├── Interrupted                interrupted    500   the process running a reply died
     ├── Unavailable                unavailable    503   database or bus unreachable; retry
+    │   └── OutcomeUnknown         unavailable    503   a write got no answer: it may be stored
     └── InternalError              internal       500
 
 Foreign exceptions (httpx, peewee, redis) are translated into this tree at the
@@ -37,6 +38,7 @@ __all__ = [
     "InternalError",
     "Interrupted",
     "NotFound",
+    "OutcomeUnknown",
     "ProviderError",
     "ProviderFailure",
     "ProviderRateLimited",
@@ -186,6 +188,31 @@ class Unavailable(ChatError):
     def default_message(cls) -> str:
         return (
             "the database or bus is unreachable; nothing was stored, retry with the same client_id"
+        )
+
+
+class OutcomeUnknown(Unavailable):
+    """A write was sent to the database and no answer came back (a timeout, the
+    connection lost): it may have been committed. Never "nothing was stored": the
+    client must send the same ``client_id`` again (not a new one), which returns
+    what was stored, or stores it now.
+
+    ``reply_id`` is the reply row the failed post would have created (None when
+    it is known not to have created one): if that row was committed, the
+    process that posted it holds its lease and has not started it, and starts it
+    (``core/posting.py``)."""
+
+    def __init__(
+        self, message: str | None = None, *, ref: str | None = None, reply_id: str | None = None
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.reply_id = reply_id
+
+    @classmethod
+    def default_message(cls) -> str:
+        return (
+            "the database did not answer in time; the message may have been stored: "
+            "send it again with the same client_id (not a new one) to get it and its reply"
         )
 
 

@@ -26,6 +26,7 @@ post's snapshot can lose, checkpoint batches).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -219,12 +220,18 @@ class PostgresDialect:
             await self._db.aio_execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
 
     async def write_post(
-        self, *, new: bool, values: dict[str, Any]
+        self, *, new: bool, values: dict[str, Any], sending: Callable[[], None]
     ) -> tuple[Conversation | None, list[Message] | None]:
         """A post's writes, in one statement (see _POST_TO_NEW): the
         conversation as it stands after the post (None if the client_id was
         seen), and the messages before the new one, newest first, when the
-        statement could read them (see _POST_TO_EXISTING_RESULT)."""
+        statement could read them (see _POST_TO_EXISTING_RESULT).
+
+        The statement commits on its own (autocommit), on the server, whether
+        or not its answer reaches us: from the moment it is handed to the
+        driver (``sending``), a timeout or a lost connection says nothing
+        about whether it was stored."""
+        sending()
         rows = await run(
             self._db, self._post_to_new if new else self._post_to_existing, fetchall, **values
         )

@@ -27,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from peewee_async.databases import AioDatabase
 
-from ..core.errors import NotFound, Unavailable
+from ..core.errors import NotFound, OutcomeUnknown, Unavailable
 from ..core.ports import MessageStore, Posted, new_conversation_id
 from ..core.records import Conversation, ErrorInfo, Message, Status, Usage, title_from, utcnow
 from .checkpoints import CheckpointQueue, TakeBatch
@@ -72,11 +72,15 @@ class Dialect(Protocol):
         """First in migrate's transaction, before the ``CREATE`` statements."""
 
     async def write_post(
-        self, *, new: bool, values: dict[str, Any]
+        self, *, new: bool, values: dict[str, Any], sending: Callable[[], None]
     ) -> tuple[Conversation | None, list[Message] | None]:
         """A post's writes, committed: the conversation after the post (None:
         the client_id was seen, nothing written) and, when read with them, the
-        messages before the new one, newest first. Raises NotFound or Conflict."""
+        messages before the new one, newest first. Raises NotFound or Conflict.
+
+        Calls ``sending`` before the step from which a failure no longer
+        proves that nothing was written (what is sent may be committed by the
+        server after the answer was given up on)."""
 
     async def write_checkpoints(self, batch: dict[str, str]) -> None: ...
 
@@ -91,6 +95,25 @@ class _Session:
         if self.write_lock is not None:
             lock, self.write_lock = self.write_lock, None
             lock.release()
+
+
+@dataclass(slots=True)
+class _PostAttempt:
+    """How far a post's writes got, which decides what a failure tells the client.
+
+    Until the writes are sent, a failure means nothing was stored. From then on
+    it does not: a statement whose answer timed out or whose connection broke
+    may still be committed by the server (it runs what it received, whoever
+    waits), and after the commit the message is stored whatever fails next --
+    :class:`OutcomeUnknown`, naming the reply row the post may have made."""
+
+    #: the reply row this post inserts if it commits (None: known not to)
+    reply_id: str | None
+    #: the writes went out (see ``Dialect.write_post``)
+    sent: bool = False
+
+    def sending(self) -> None:
+        self.sent = True
 
 
 class SqlMessageStore:
@@ -277,30 +300,39 @@ class SqlMessageStore:
             "now": now,
             "reply_at": now + REPLY_AFTER,
         }
-        async with self._session(write=True) as session:
-            #: the messages before this one, newest first, when the post read them
-            conversation, earlier = await self._dialect.write_post(new=new, values=values)
-            # Committed (or nothing written): what follows only reads.
-            session.unlock()
-            if conversation is None:
-                return await self._seen_before(owner, conversation_id, client_id)
-            user, reply = posted_messages(
-                conversation_id=conversation_id,
-                user_id=user_id,
-                reply_id=reply_id,
-                client_id=client_id,
-                content=content,
-                model=model,
-                now=now,
-            )
-            history = None
-            if history_max_chars is not None:
-                if earlier is not None and len(earlier) < HISTORY_PAGE - 1:
-                    kept: list[Message] = []
-                    fill_context(kept, 0, [user, *earlier], history_max_chars)
-                    history = oldest_first(kept, user)
-                else:  # not read with the post, or more than a page to go through
-                    history = await self._history(conversation_id, user, history_max_chars)
+        attempt = _PostAttempt(reply_id)
+        try:
+            async with self._session(write=True) as session:
+                #: the messages before this one, newest first, when the post read them
+                conversation, earlier = await self._dialect.write_post(
+                    new=new, values=values, sending=attempt.sending
+                )
+                # Committed (or nothing written): what follows only reads.
+                session.unlock()
+                if conversation is None:
+                    attempt.reply_id = None  # seen before: this post made no reply
+                    return await self._seen_before(owner, conversation_id, client_id)
+                user, reply = posted_messages(
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    reply_id=reply_id,
+                    client_id=client_id,
+                    content=content,
+                    model=model,
+                    now=now,
+                )
+                history = None
+                if history_max_chars is not None:
+                    if earlier is not None and len(earlier) < HISTORY_PAGE - 1:
+                        kept: list[Message] = []
+                        fill_context(kept, 0, [user, *earlier], history_max_chars)
+                        history = oldest_first(kept, user)
+                    else:  # not read with the post, or more than a page to go through
+                        history = await self._history(conversation_id, user, history_max_chars)
+        except Unavailable as exc:
+            if not attempt.sent:
+                raise  # nothing went out: nothing was stored
+            raise OutcomeUnknown(reply_id=attempt.reply_id) from exc.__cause__
         return Posted(conversation, user, reply, created=True, history=history)
 
     async def _seen_before(self, owner: str, conversation_id: str, client_id: str) -> Posted:

@@ -21,6 +21,7 @@ Tests: ``tests/store/test_sql.py`` (checkpoint batches, chunks).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from peewee_async.databases import AioDatabase
@@ -77,12 +78,16 @@ class SqliteDialect:
         """Nothing: BEGIN IMMEDIATE already keeps other migrations out."""
 
     async def write_post(
-        self, *, new: bool, values: dict[str, Any]
+        self, *, new: bool, values: dict[str, Any], sending: Callable[[], None]
     ) -> tuple[Conversation | None, list[Message] | None]:
         """A post's writes, step by step in one transaction (the writer holds the
         write lock: nothing can interleave): the conversation as it stands
         after the post, or None if the client_id was seen. The history is read
-        after it (None)."""
+        after it (None).
+
+        A step that fails rolls the transaction back (and a connection closed
+        mid-transaction loses it): nothing was stored. Only a failing
+        ``COMMIT`` leaves that unknown, so ``sending`` is called just before it."""
         db, q = self._db, self._q
         conversation_id, owner, model, now = (
             values["conversation_id"],
@@ -145,6 +150,7 @@ class SqliteDialect:
                 lease_until=values["lease_until"],
                 created_at=values["reply_at"],
             )
+            sending()  # the COMMIT follows
         return conversation, None
 
     async def write_checkpoints(self, batch: dict[str, str]) -> None:
