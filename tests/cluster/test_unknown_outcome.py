@@ -2,7 +2,8 @@
 by a proxy, then let through): the client is told the message *may* have been stored
 (never "nothing was stored"), the statement commits afterwards, and the retry with the
 same client_id -- on the node that posted, on another, or on both at once -- gets that
-one reply streamed to completion, started exactly once."""
+one reply streamed to completion, started exactly once. And a message committed whose
+client left while its announcement waited on a slow Redis is answered all the same."""
 
 from __future__ import annotations
 
@@ -141,3 +142,37 @@ async def test_a_retry_on_another_node_gets_the_reply_the_posting_node_starts(
         retry = await post_message(other, conversation_id, "what is 6 x 7?", client_id=client_id)
         await answered([retry], shared, conversation_id)
     assert await replies_completed(held_node, other_node) == 1.0
+
+
+async def test_a_stored_message_whose_client_left_while_the_bus_was_slow_is_answered(
+    shared: Cluster,
+) -> None:
+    """The message is committed, then its announcement waits on a Redis whose bytes are
+    held; the client gives up (the server cancels the request): the reply still runs."""
+    with HoldingProxy(6379) as redis_proxy:
+        bus_url = redis_proxy.url_for(shared.redis_url)
+        with shared.node(f"node-slow-bus-{uuid.uuid4().hex[:6]}", BUS_URL=bus_url) as node:
+            async with http_client(node) as client:
+                conversation_id = await new_conversation(client)
+                redis_proxy.hold()
+                try:
+                    async with httpx.AsyncClient(base_url=node.base_url, timeout=0.5) as short:
+                        with pytest.raises(httpx.TimeoutException):
+                            await post_message(short, conversation_id, "still there?")
+                    await asyncio.sleep(0.5)
+                finally:
+                    redis_proxy.release()
+                for _ in range(200):
+                    counts = shared.count_messages(conversation_id)
+                    rows = shared.query(
+                        'SELECT id FROM "{schema}".message WHERE conversation_id = %s'
+                        " AND role = 'assistant'",
+                        conversation_id,
+                    )
+                    if rows and shared.stored(rows[0][0])["status"] != "streaming":
+                        break
+                    await asyncio.sleep(0.05)
+                assert counts == {"user": 1, "assistant": 1}
+                stored = shared.stored(rows[0][0])
+                assert stored["status"] == "complete", stored
+                assert stored["content"]
