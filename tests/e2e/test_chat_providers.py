@@ -3,9 +3,7 @@ loopback: each vendor format end to end, and a provider failure mid-reply."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +14,7 @@ import websockets
 from sanic_chat.testing.fake_llm import FakeLLM
 from tests.server import RunningServer, database_env, run_server
 
-TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}
+from .wire import create, joined_text, until_terminal
 
 
 @pytest.fixture(scope="module")
@@ -56,31 +54,8 @@ model = "fake-llama"
 
 async def chat(server: RunningServer, content: str, model: str) -> list[dict[str, Any]]:
     async with websockets.connect(server.ws_url) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "message.create",
-                    "client_id": str(uuid.uuid4()),
-                    "content": content,
-                    "model": model,
-                }
-            )
-        )
-        frames = []
-        while True:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
-            frames.append(frame)
-            if frame["type"] in TERMINAL:
-                return frames
-
-
-def text_of(frames: list[dict[str, Any]]) -> str:
-    text = ""
-    for frame in frames:
-        if frame["type"] == "generation.delta":
-            assert frame["offset"] == len(text)
-            text += frame["text"]
-    return text
+        await ws.send(json.dumps(create(content, model=model)))
+        return await until_terminal(ws, timeout=15)
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude", "llama"])
@@ -90,7 +65,7 @@ async def test_each_vendor_format_streams_a_complete_stored_reply(
     frames = await chat(server, f"hello {model}", model)
     completed = frames[-1]
     assert completed["type"] == "generation.completed", completed
-    text = text_of(frames)
+    text = joined_text(frames)
     assert text and completed["message"]["content"] == text
     assert completed["usage"]["output_tokens"] == 12
     assert completed["usage"]["input_tokens"] is not None
@@ -108,7 +83,7 @@ async def test_a_cut_mid_stream_fails_the_reply_and_keeps_the_partial_text(
     failed = frames[-1]
     assert failed["type"] == "generation.failed"
     assert failed["error"]["code"] == "provider_error"
-    text = text_of(frames)
+    text = joined_text(frames)
     assert text and failed["message"]["content"] == text
     assert failed["message"]["status"] == "failed"
     rows = httpx.get(

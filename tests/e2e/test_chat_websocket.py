@@ -16,7 +16,7 @@ import websockets
 
 from tests.server import RunningServer, database_env, demo_models_file, run_server
 
-TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}
+from .wire import create, joined_text, recv, until_terminal
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -33,33 +33,6 @@ def server(
     }
     with run_server(env) as running:
         yield running
-
-
-def create(content: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"type": "message.create", "client_id": str(uuid.uuid4()), "content": content, **extra}
-
-
-async def recv(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
-
-
-async def until_terminal(ws: Any) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = await recv(ws)
-        frames.append(frame)
-        if frame["type"] in TERMINAL:
-            return frames
-
-
-def joined_text(frames: list[dict[str, Any]]) -> str:
-    text = ""
-    for frame in frames:
-        if frame["type"] == "generation.delta":
-            assert frame["offset"] == len(text), "gap or overlap in offsets"
-            text += frame["text"]
-    return text
 
 
 def stored_messages(server: RunningServer, conversation_id: str) -> list[dict[str, Any]]:

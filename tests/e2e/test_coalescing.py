@@ -3,17 +3,17 @@ transports, without losing, repeating or delaying the first of it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 import websockets
 
 from tests.server import RunningServer, demo_models_file, run_server
+
+from .wire import create, joined_text, until_terminal
 
 TOKENS = 60
 
@@ -35,32 +35,14 @@ def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
         yield server
 
 
-def contiguous_text(frames: list[dict[str, Any]]) -> str:
-    text = ""
-    for frame in frames:
-        if frame["type"] == "generation.delta":
-            assert frame["offset"] == len(text)
-            text += frame["text"]
-    return text
-
-
 async def test_websocket_text_gathers_into_fewer_frames_and_stays_exact(
     busy_server: RunningServer,
 ) -> None:
     async with websockets.connect(busy_server.ws_url) as ws:
-        await ws.send(
-            json.dumps(
-                {"type": "message.create", "client_id": str(uuid.uuid4()), "content": "gather"}
-            )
-        )
-        frames = []
-        while True:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            frames.append(frame)
-            if frame["type"] == "generation.completed":
-                break
+        await ws.send(json.dumps(create("gather")))
+        frames = await until_terminal(ws)
     deltas = [f for f in frames if f["type"] == "generation.delta"]
-    text = contiguous_text(frames)
+    text = joined_text(frames)
     assert text == frames[-1]["message"]["content"]
     assert len(text.split()) == TOKENS
     # 60 tokens 5 ms apart, gathered for up to 100 ms: a handful of frames
@@ -85,7 +67,7 @@ async def test_sse_text_gathers_too(busy_server: RunningServer) -> None:
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     frames.append(json.loads(line[6:]))
-    text = contiguous_text(frames)
+    text = joined_text(frames)
     assert frames[-1]["type"] == "generation.completed"
     assert text == frames[-1]["message"]["content"]
     assert len([f for f in frames if f["type"] == "generation.delta"]) < TOKENS / 4

@@ -104,9 +104,7 @@ async def test_a_reply_orphaned_by_a_killed_process_is_interrupted_with_its_chec
 
                 path = f"/api/v1/generations/{generation_id}/events?offset=0"
                 async with sse_stream(client, path) as sse:
-                    events = []
-                    while (data := await sse.next_data()) is not None:
-                        events.append(data)
+                    events = await sse.all_data()
                 assert [e["type"] for e in events] == [
                     "generation.started",
                     "generation.delta",

@@ -44,9 +44,7 @@ async def test_a_websocket_cut_mid_reply_is_finished_over_sse_from_its_offset(
         async with ws_client(server) as ws:
             accepted = await ws.create("cut me off", model="slow")
             generation_id = accepted["generation_id"]
-            text = Reassembly(generation_id)
-            while text.deltas < 5:
-                text.add(await ws.recv())
+            text = await Reassembly(generation_id).read(ws.recv, 5)
             ws.cut()
         await asyncio.sleep(0.3)  # the reply goes on meanwhile
         asked = time.monotonic()
@@ -83,11 +81,7 @@ async def test_an_sse_stream_cut_mid_reply_is_finished_over_websocket_resume(
         async with sse_stream(client, path) as sse:
             posted = (await post_message(client, conversation_id, "drop me", model="slow")).json()
             generation_id = posted["generation_id"]
-            text = Reassembly(generation_id)
-            while text.deltas < 5:
-                data = await sse.next_data()
-                assert data is not None
-                text.add(data)
+            text = await Reassembly(generation_id).read(sse.next_data, 5)
         # leaving the block closed the socket mid-stream
         await asyncio.sleep(0.3)
         async with ws_client(server) as ws:
@@ -122,11 +116,7 @@ async def test_stop_from_the_tab_that_did_not_send_ends_the_reply_for_every_tab(
             assert (await third_tab.recv()) == {"type": "pong"}
             accepted = await sender.create("stop me", model="slow", conversation_id=conversation_id)
             generation_id = accepted["generation_id"]
-            seen = Reassembly(generation_id)
-            while seen.deltas < 3:
-                data = await other_tab.next_data()
-                assert data is not None
-                seen.add(data)
+            seen = await Reassembly(generation_id).read(other_tab.next_data, 3)
             stop = await client.post(f"/api/v1/generations/{generation_id}/cancel")
             assert stop.status_code == 202
             ends = [

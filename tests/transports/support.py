@@ -14,7 +14,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,17 @@ class Reassembly:
             self.text += event["text"]
             self.deltas += 1
 
+    async def read(
+        self, next_event: Callable[[], Awaitable[Mapping[str, Any] | None]], deltas: int
+    ) -> Reassembly:
+        """Add what ``next_event`` gives (``WsClient.recv``, ``SseStream.next_data``)
+        until ``deltas`` deltas are in; the stream must not end first."""
+        while self.deltas < deltas:
+            event = await next_event()
+            assert event is not None, "the stream ended first"
+            self.add(event)
+        return self
+
 
 # --------------------------------------------------------------------------- WebSocket
 
@@ -271,6 +282,13 @@ class SseStream:
                 return None
             if event.data is not None:
                 return event.data
+
+    async def all_data(self) -> list[dict[str, Any]]:
+        """Every event's JSON up to the end of the stream."""
+        events = []
+        while (data := await self.next_data()) is not None:
+            events.append(data)
+        return events
 
     async def until_terminal(self, generation_id: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -178,9 +178,7 @@ async def test_generation_stream_replays_from_offset_and_ends_after_the_terminal
             ("?offset=2", {"Last-Event-ID": f"{generation_id}:11"}, 11),
         ):
             async with sse_stream(client, path + query, headers) as sse:
-                events = []
-                while (data := await sse.next_data()) is not None:
-                    events.append(data)
+                events = await sse.all_data()
             assert [e["type"] for e in events] == [
                 "generation.started",
                 "generation.delta",
@@ -204,11 +202,7 @@ async def test_last_event_id_resumes_the_conversation_stream_exactly(
         async with sse_stream(client, path) as sse:
             posted = await post_message(client, conversation_id, "a long one", model="slow")
             generation_id = posted.json()["generation_id"]
-            text = Reassembly(generation_id)
-            while text.deltas < 5:
-                data = await sse.next_data()
-                assert data is not None
-                text.add(data)
+            text = await Reassembly(generation_id).read(sse.next_data, 5)
             last_id = sse.last_id
         # the stream is gone mid-reply; the reply goes on
         assert last_id == f"{generation_id}:{text.end}"

@@ -25,9 +25,7 @@ async def test_a_subscriber_with_an_offset_gets_the_rest_then_the_live_reply(
     async with ws_client(server) as sender, ws_client(server) as tab:
         accepted = await sender.create("stream this", model="slow")
         generation_id = accepted["generation_id"]
-        text = Reassembly(generation_id)
-        while text.deltas < 4:
-            text.add(await sender.recv())
+        text = await Reassembly(generation_id).read(sender.recv, 4)
         have = text.end
         await tab.send(
             type="conversation.subscribe",
@@ -59,9 +57,7 @@ async def test_resume_on_the_same_connection_may_go_back_to_the_start(
     async with ws_client(server) as ws:
         accepted = await ws.create("from the top", model="slow")
         generation_id = accepted["generation_id"]
-        text = Reassembly(generation_id)
-        while text.deltas < 3:
-            text.add(await ws.recv())
+        text = await Reassembly(generation_id).read(ws.recv, 3)
         # e.g. the view was rebuilt: everything again, from 0, then live
         await ws.send(type="generation.resume", generation_id=generation_id, offset=0)
         while (event := await ws.recv())["type"] != "generation.started":
