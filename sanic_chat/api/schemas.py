@@ -177,7 +177,10 @@ _ERROR_MEANINGS = {
     413: "too_large: content longer than SANIC_CHAT_MAX_CONTENT_CHARS, or a body too large",
     422: "validation_error: a field is missing or wrong",
     429: "rate_limited: too many requests; Retry-After says when to retry",
-    503: "unavailable: the database or the bus cannot be reached; nothing was stored, retry",
+    503: (
+        "unavailable: the database or the bus cannot be reached; send again with the same "
+        "client_id (the message says whether it may have been stored)"
+    ),
 }
 
 
