@@ -28,6 +28,7 @@ boundary of the adapter that meets them; the core only ever sees these.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
@@ -54,16 +55,24 @@ __all__ = [
 ]
 
 
+@dataclass(eq=False, repr=False)
 class ChatError(Exception):
-    """Base of every error with a wire code. ``message`` is safe to show a user."""
+    """Base of every error with a wire code. ``message`` is safe to show a user.
+
+    A dataclass so that a subclass carrying more than a message declares it as
+    a keyword-only field (``RateLimited.retry_after``) instead of an ``__init__``;
+    ``eq=False`` keeps exceptions hashable by identity, ``repr=False`` keeps
+    Exception's repr."""
 
     code: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
 
-    def __init__(self, message: str | None = None, *, ref: str | None = None) -> None:
-        self.message = message or self.default_message()
-        #: the offending frame's client_id / generation_id, echoed in ``error.ref``
-        self.ref = ref
+    message: str = ""
+    #: the offending frame's client_id / generation_id, echoed in ``error.ref``
+    ref: str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.message = self.message or self.default_message()
         super().__init__(self.message)
 
     @classmethod
@@ -103,15 +112,11 @@ class Conflict(ClientError):
     http_status = 409
 
 
+@dataclass(eq=False, repr=False)
 class RateLimited(ClientError):
     code = "rate_limited"
     http_status = 429
-
-    def __init__(
-        self, message: str | None = None, *, ref: str | None = None, retry_after: float = 1.0
-    ) -> None:
-        super().__init__(message, ref=ref)
-        self.retry_after = retry_after
+    retry_after: float = field(default=1.0, kw_only=True)
 
 
 class TooLarge(ClientError):
@@ -135,14 +140,10 @@ class ProviderError(ChatError):
     upstream_model: str | None = None
 
 
+@dataclass(eq=False, repr=False)
 class ProviderFailure(ProviderError):
     code = "provider_error"
-
-    def __init__(
-        self, message: str | None = None, *, ref: str | None = None, retryable: bool = False
-    ) -> None:
-        super().__init__(message, ref=ref)
-        self.retryable = retryable
+    retryable: bool = field(default=False, kw_only=True)
 
 
 class ProviderTimeout(ProviderError):
@@ -150,20 +151,12 @@ class ProviderTimeout(ProviderError):
     http_status = 504
 
 
+@dataclass(eq=False, repr=False)
 class ProviderRateLimited(ProviderError):
     code = "provider_rate_limited"
     http_status = 429
     retryable = True
-
-    def __init__(
-        self,
-        message: str | None = None,
-        *,
-        ref: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, ref=ref)
-        self.retry_after = retry_after
+    retry_after: float | None = field(default=None, kw_only=True)
 
 
 class ProviderUnauthorized(ProviderError):
@@ -191,6 +184,7 @@ class Unavailable(ChatError):
         )
 
 
+@dataclass(eq=False, repr=False)
 class OutcomeUnknown(Unavailable):
     """A write was sent to the database and no answer came back (a timeout, the
     connection lost): it may have been committed. Never "nothing was stored": the
@@ -202,11 +196,7 @@ class OutcomeUnknown(Unavailable):
     process that posted it holds its lease and has not started it, and starts it
     (``core/posting.py``)."""
 
-    def __init__(
-        self, message: str | None = None, *, ref: str | None = None, reply_id: str | None = None
-    ) -> None:
-        super().__init__(message, ref=ref)
-        self.reply_id = reply_id
+    reply_id: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def default_message(cls) -> str:
