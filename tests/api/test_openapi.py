@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import require_chromium
+from tests.browser import chromium, new_context
 from tests.server import RunningServer, demo_models_file, run_server
 
 SPEC_PATH = "/docs/openapi.json"
@@ -292,8 +292,6 @@ def test_the_page_loads_only_from_its_own_server(server: RunningServer) -> None:
 
 @pytest.mark.browser
 def test_swagger_ui_renders_the_operations_offline(server: RunningServer) -> None:
-    chromium = require_chromium()
-    playwright_sync = pytest.importorskip("playwright.sync_api")
     port = urlsplit(server.base_url).port
     # a name that is not localhost: Swagger UI would ask its online validator
     # for any other host, and a deployment is never on localhost
@@ -309,37 +307,21 @@ def test_swagger_ui_renders_the_operations_offline(server: RunningServer) -> Non
             elsewhere.append(url)
             route.abort()
 
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--host-resolver-rules=MAP {host} 127.0.0.1",
-            ],
+    with chromium(f"--host-resolver-rules=MAP {host} 127.0.0.1") as browser:
+        context = new_context(browser)
+        context.route("**/*", only_the_server)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(origin + "/docs")
+        title = page.locator(".information-container .title")
+        title.wait_for()
+        assert "sanic-chat" in title.inner_text()
+        post = page.locator(
+            ".opblock-post:has([data-path='/api/v1/conversations/{conversation_id}/messages'])"
         )
-        try:
-            context = browser.new_context()
-            context.set_default_timeout(15_000)
-            context.route("**/*", only_the_server)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(origin + "/docs")
-            title = page.locator(".information-container .title")
-            title.wait_for()
-            assert "sanic-chat" in title.inner_text()
-            post = page.locator(
-                ".opblock-post:has([data-path='/api/v1/conversations/{conversation_id}/messages'])"
-            )
-            post.first.wait_for()
-            assert post.first.is_visible()
-            assert page.locator(".opblock").count() >= 10
-            assert errors == []
-        finally:
-            browser.close()
+        post.first.wait_for()
+        assert post.first.is_visible()
+        assert page.locator(".opblock").count() >= 10
+        assert errors == []
     assert elsewhere == [], f"the page asked outside its server: {elsewhere}"

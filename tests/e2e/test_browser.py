@@ -20,22 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import require_chromium
+from tests.browser import DESKTOP, new_context
 from tests.server import RunningServer, free_port, run_server
 
 pytestmark = pytest.mark.browser
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: ``demo`` as the brief sets it; ``slow`` streams for ~3.5 s so that a test
 #: can act in the middle of a reply; ``broken`` has no upstream (a provider failure)
 MODELS = """\
@@ -58,15 +50,10 @@ model = "nothing-listens-here"
 #: the demo reply to this prompt has astral code points (🙂 at word 7, 🚀 or
 #: 🙂 at 19): resuming by UTF-16 units instead of code points would garble it
 EMOJI_PROMPT = "a short story about the mountain"
-TIMEOUT_MS = 15_000
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    return require_chromium()
+# (``chromium_path`` and ``browser`` come from tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +65,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iter
         yield running
 
 
-@pytest.fixture(scope="module")
-def browser(chromium_path: str) -> Iterator[Any]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def context(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(browser, viewport=DESKTOP)
     yield context
     context.close()
 
@@ -623,8 +600,7 @@ HOSTILE = (
 def context_without_csp(browser: Any) -> Iterator[Any]:
     """The page's Content-Security-Policy would stop inline handlers even if
     the renderer let one through: switch it off to test the renderer alone."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(browser, viewport=DESKTOP, bypass_csp=True)
     yield context
     context.close()
 
@@ -686,14 +662,14 @@ def test_html_in_user_and_model_text_is_shown_as_text(
 
 
 def test_phone_width_has_no_sideways_scroll(browser: Any, server: RunningServer) -> None:
-    context = browser.new_context(
+    context = new_context(
+        browser,
         viewport={"width": 375, "height": 740},
         device_scale_factor=2,
         is_mobile=True,
         has_touch=True,
         reduced_motion="reduce",
     )
-    context.set_default_timeout(TIMEOUT_MS)
     try:
         page = open_page(context, server)
         long_word = "unbroken" * 40

@@ -11,29 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import require_chromium
+from tests.browser import DESKTOP, new_context
 from tests.server import RunningServer, demo_models_file, run_server
 
 pytestmark = pytest.mark.browser
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-#: the launch arguments of tests/e2e/test_browser.py
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 15_000
 SPOOF = "\u202egnp.exe"  # shows as "exe.png" when the override is obeyed
 
 
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    return require_chromium()
+# ``chromium_path`` and ``browser`` come from tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +31,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iter
         yield running
 
 
-@pytest.fixture(scope="module")
-def browser(chromium_path: str) -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(browser, viewport=DESKTOP)
     yield context.new_page()
     context.close()
 
