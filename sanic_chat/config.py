@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "LOG_LEVELS",
@@ -38,6 +39,8 @@ _READ_ELSEWHERE = (
 )
 #: test-only variables (tests/conftest.py: where the test services are)
 _TEST_PREFIX = "SANIC_CHAT_TEST_"
+
+_N = TypeVar("_N", int, float)
 
 
 class ConfigError(ValueError):
@@ -177,28 +180,31 @@ class Settings:
             value = env.get(f"SANIC_CHAT_{name}")
             return value if value not in (None, "") else default
 
-        def number(name: str, default: float, *, minimum: float = 0.0) -> float:
+        def parsed(
+            name: str, default: _N, minimum: _N, convert: Callable[[str], _N], what: str
+        ) -> _N:
             raw = get(name)
             if raw is None:
                 return default
             try:
-                value = float(raw)
+                value = convert(raw)
             except ValueError:
-                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be a number") from None
+                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be {what}") from None
             if value < minimum:
                 raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
             return value
 
+        def number(name: str, default: float, *, minimum: float = 0.0) -> float:
+            return parsed(name, default, minimum, float, "a number")
+
         def integer(name: str, default: int, *, minimum: int = 1) -> int:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be a whole number") from None
-            if value < minimum:
-                raise ConfigError(f"SANIC_CHAT_{name}={raw!r} must be at least {minimum}")
+            return parsed(name, default, minimum, int, "a whole number")
+
+        def choice(name: str, allowed: tuple[str, ...], advice: str) -> str:
+            """One of ``allowed`` (any case), the first when unset."""
+            value = (get(name) or allowed[0]).strip().lower()
+            if value not in allowed:
+                raise ConfigError(f"SANIC_CHAT_{name}={value!r}: {advice}")
             return value
 
         def cap(name: str, default: int | None) -> int | None:
@@ -251,9 +257,7 @@ class Settings:
                 f"SANIC_CHAT_MODELS={models_path!r}: no such file. Point it at a TOML models "
                 "file (see docs/configuration.md) or unset it to use the built-in demo model"
             )
-        auth = (get("AUTH", "none") or "none").lower()
-        if auth not in ("none", "jwt"):
-            raise ConfigError(f"SANIC_CHAT_AUTH={auth!r}: use 'none' or 'jwt'")
+        auth = choice("AUTH", ("none", "jwt"), "use 'none' or 'jwt'")
         jwt_secret = get("JWT_SECRET")
         jwt_public_key = get("JWT_PUBLIC_KEY")
         if auth == "jwt" and not (jwt_secret or jwt_public_key):
@@ -305,15 +309,12 @@ class Settings:
             raise ConfigError(
                 f"SANIC_CHAT_TRANSPORTS={','.join(transports)!r}: choose from {sorted(known)}"
             )
-        upstream_http = (get("UPSTREAM_HTTP", "pool") or "pool").strip().lower()
-        if upstream_http not in ("pool", "httpx"):
-            raise ConfigError(
-                f"SANIC_CHAT_UPSTREAM_HTTP={upstream_http!r}: use 'pool' (ours, the default) "
-                "or 'httpx' (httpx's own transport)"
-            )
-        log_format = (get("LOG_FORMAT", "text") or "text").lower()
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"SANIC_CHAT_LOG_FORMAT={log_format!r}: use 'text' or 'json'")
+        upstream_http = choice(
+            "UPSTREAM_HTTP",
+            ("pool", "httpx"),
+            "use 'pool' (ours, the default) or 'httpx' (httpx's own transport)",
+        )
+        log_format = choice("LOG_FORMAT", ("text", "json"), "use 'text' or 'json'")
         return cls(
             database_url=database_url,
             data_dir=data_dir,
