@@ -22,7 +22,8 @@ from tests.server import free_port
 
 T = TypeVar("T")
 
-_CHUNK = 64 * 1024
+#: how much one read forwards at most
+CHUNK = 64 * 1024
 
 
 class TcpProxy:
@@ -113,16 +114,28 @@ class TcpProxy:
         pair = (client, up_writer.transport)
         self._live.update(pair)
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(
+                self._to_upstream(reader, up_writer), self._to_client(up_reader, writer)
+            )
         finally:
             for transport in pair:
                 self._live.discard(transport)
                 transport.abort()
 
+    async def _to_upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Client to server (a subclass may hold or alter what passes)."""
+        await _pipe(reader, writer)
+
+    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Server to client."""
+        await _pipe(reader, writer)
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        while data := await reader.read(_CHUNK):
+        while data := await reader.read(CHUNK):
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():

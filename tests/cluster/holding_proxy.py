@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.chaos import TcpProxy
+from tests.chaos import CHUNK, TcpProxy
 
 __all__ = ["HoldingProxy"]
-
-_CHUNK = 64 * 1024
 
 
 class HoldingProxy(TcpProxy):
@@ -42,31 +40,13 @@ class HoldingProxy(TcpProxy):
         else:
             self._released.set()
 
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = writer.transport
-        if self._cut:
-            client.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            client.abort()
-            return
-        self.connections_made += 1
-        pair = (client, up_writer.transport)
-        self._live.update(pair)
-        try:
-            await asyncio.gather(self._upstream(reader, up_writer), _answers(up_reader, writer))
-        finally:
-            for transport in pair:
-                self._live.discard(transport)
-                transport.abort()
-
-    async def _upstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _to_upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         """Client to server: while held, what the client sends waits here (its end
         of stream, or its reset, too) until release."""
         held: list[bytes] = []
-        reading = asyncio.ensure_future(reader.read(_CHUNK))
+        reading = asyncio.ensure_future(reader.read(CHUNK))
         try:
             while True:
                 released = asyncio.ensure_future(self._released.wait())
@@ -96,19 +76,18 @@ class HoldingProxy(TcpProxy):
                 else:
                     held.append(data)
                     self.held_bytes += len(data)
-                reading = asyncio.ensure_future(reader.read(_CHUNK))
+                reading = asyncio.ensure_future(reader.read(CHUNK))
         except (OSError, RuntimeError):
             writer.transport.abort()
         finally:
             reading.cancel()
 
-
-async def _answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Server to client, as it comes; a client gone is no reason to stop reading."""
-    try:
-        while data := await reader.read(_CHUNK):
-            if not writer.transport.is_closing():
-                writer.write(data)
-                await writer.drain()
-    except (OSError, RuntimeError):
-        return
+    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Server to client, as it comes; a client gone is no reason to stop reading."""
+        try:
+            while data := await reader.read(CHUNK):
+                if not writer.transport.is_closing():
+                    writer.write(data)
+                    await writer.drain()
+        except (OSError, RuntimeError):
+            return
