@@ -17,6 +17,7 @@ import contextvars
 import logging
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,12 +115,7 @@ def configure_logging(
         JsonFormatter(node_id) if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
     ours = logging.getLogger(_OURS)
-    handler = next((h for h in ours.handlers if getattr(h, "_sanic_chat", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._sanic_chat = True  # type: ignore[attr-defined]
-        ours.addHandler(handler)
-    handler.setFormatter(formatter)
+    _handler_of(ours).setFormatter(formatter)
     ours.setLevel(level)
     ours.propagate = False
     if log_format != "json":
@@ -130,15 +126,23 @@ def configure_logging(
     # everyone else's records (asyncio, libraries, warnings) would reach stderr as bare
     # text through logging's last resort: they get a JSON handler on the root logger,
     # which skips the records that Sanic's handlers and ours have written already
-    root = logging.getLogger()
-    fallback = next((h for h in root.handlers if getattr(h, "_sanic_chat", False)), None)
-    if fallback is None:
-        fallback = logging.StreamHandler(sys.stderr)
-        fallback._sanic_chat = True  # type: ignore[attr-defined]
-        fallback.addFilter(_foreign_only)
-        root.addHandler(fallback)
-    fallback.setFormatter(formatter)
+    _handler_of(logging.getLogger(), _foreign_only).setFormatter(formatter)
     logging.captureWarnings(True)
+
+
+def _handler_of(
+    logger: logging.Logger, *filters: Callable[[logging.LogRecord], bool]
+) -> logging.Handler:
+    """The stderr handler this module gave ``logger`` (added, with ``filters``, on
+    the first call): marked, so that configuring again replaces no one else's."""
+    handler = next((h for h in logger.handlers if getattr(h, "_sanic_chat", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler._sanic_chat = True  # type: ignore[attr-defined]
+        for keep in filters:
+            handler.addFilter(keep)
+        logger.addHandler(handler)
+    return handler
 
 
 def _foreign_only(record: logging.LogRecord) -> bool:
