@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from sanic_chat.core.ports import MessageStore, Posted
 from sanic_chat.core.records import utcnow
 from sanic_chat.store import MemoryMessageStore, open_store
 from tests.conftest import require_postgres
+from tests.server import drop_schema
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 BACKENDS = ["memory", "sqlite", POSTGRES]
@@ -51,14 +51,8 @@ class Stores:
             await store.close()
         if self._memory is not None:
             await self._memory.close()
-        if self.kind == "postgres" and self.url is not None:
-            admin = psycopg2.connect(self.url, connect_timeout=5)
-            try:
-                admin.autocommit = True
-                with admin.cursor() as cursor:
-                    cursor.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-            finally:
-                admin.close()
+        if self.kind == "postgres" and self.url is not None and self.schema is not None:
+            drop_schema(self.url, self.schema)
 
 
 def stores_for(kind: str, tmp_path: Path) -> Stores:
