@@ -33,9 +33,7 @@ async def test_sigterm_lets_a_running_reply_finish_and_store_complete_then_says_
 ) -> None:
     with shared.node("node-drained", DRAIN_TIMEOUT_S="20") as node:
         async with ws_client(node) as author:
-            accepted = await author.create("finish me before you go", model="steady")
-            generation_id = accepted["generation_id"]
-            await author.recv_type("generation.delta")
+            generation_id = await author.streaming("finish me before you go", model="steady")
             node.process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
 
@@ -58,9 +56,7 @@ async def test_sigterm_lets_a_running_reply_finish_and_store_complete_then_says_
         drained = time.monotonic() - sent
     report("drain: SIGTERM to exit, with a reply of ~2 s in flight", drained)
     assert end["type"] == "generation.completed"
-    text = Reassembly(generation_id)
-    for event in author.received:
-        text.add(event)
+    text = Reassembly(generation_id).add_all(author.received)
     assert text.text == end["message"]["content"]
     refusals = [e for e in author.received if e["type"] == "error"]
     assert [e["code"] for e in refusals] == ["unavailable"]
@@ -75,18 +71,14 @@ async def test_a_reply_longer_than_the_drain_timeout_is_stored_interrupted_with_
 ) -> None:
     with shared.node("node-hurried", DRAIN_TIMEOUT_S="1") as node:
         async with ws_client(node) as author:
-            accepted = await author.create("this takes a while", model="long")
-            generation_id = accepted["generation_id"]
-            await author.recv_type("generation.delta")
+            generation_id = await author.streaming("this takes a while", model="long")
             node.process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             end = await author.until_terminal(generation_id, timeout=20.0)
             code = await closed_code(author)
         node.process.wait(30)
         report("drain: SIGTERM to exit, drain timeout 1 s", time.monotonic() - sent)
-    text = Reassembly(generation_id)
-    for event in author.received:
-        text.add(event)
+    text = Reassembly(generation_id).add_all(author.received)
     assert end["type"] == "generation.failed"
     assert end["error"]["code"] == "interrupted"
     assert end["message"]["content"] == text.text != ""

@@ -40,11 +40,8 @@ async def test_a_subscriber_on_node_b_receives_the_reply_streamed_on_node_a(
         seen = await watcher.recv_type("message.accepted")
         assert seen["message"]["id"] == accepted["message"]["id"]
         end_on_b = await watcher.until_terminal(generation_id)
-    on_a, on_b = Reassembly(generation_id), Reassembly(generation_id)
-    for event in author.received:
-        on_a.add(event)
-    for event in watcher.received:
-        on_b.add(event)
+    on_a = Reassembly(generation_id).add_all(author.received)
+    on_b = Reassembly(generation_id).add_all(watcher.received)
     assert end_on_a["type"] == end_on_b["type"] == "generation.completed"
     assert on_b.text == on_a.text == end_on_b["message"]["content"]
     assert shared.stored(generation_id)["status"] == "complete"
@@ -56,9 +53,7 @@ async def test_a_reply_live_on_node_a_resumes_on_node_b_from_the_offset_without_
     async with ws_client(node_a) as first:
         accepted = await first.create("a long answer please", model="steady")
         generation_id = accepted["generation_id"]
-        text = Reassembly(generation_id)
-        while text.deltas < 5:
-            text.add(await first.recv())
+        text = await Reassembly(generation_id).read(first.recv, deltas=5)
         first.cut()  # the tab drops mid-reply
     had = text.end
     async with ws_client(node_b) as second:
@@ -70,8 +65,7 @@ async def test_a_reply_live_on_node_a_resumes_on_node_b_from_the_offset_without_
         report("resume on another node: request to first delta", time.monotonic() - asked)
         rest.add(first_delta)
         end = await second.until_terminal(generation_id)
-        for event in second.received[2:]:
-            rest.add(event)
+        rest.add_all(second.received[2:])
     assert end["type"] == "generation.completed"
     # resumed while it ran: B delivered live deltas after its snapshot
     assert rest.deltas >= 2
@@ -83,9 +77,7 @@ async def test_stop_sent_to_node_b_stops_the_reply_running_on_node_a(
     shared: Cluster, node_a: RunningServer, node_b: RunningServer
 ) -> None:
     async with ws_client(node_a) as author, ws_client(node_b) as other_device:
-        accepted = await author.create("stop me from elsewhere", model="long")
-        generation_id = accepted["generation_id"]
-        await author.recv_type("generation.delta")
+        generation_id = await author.streaming("stop me from elsewhere", model="long")
         await other_device.send(type="generation.cancel", generation_id=generation_id)
         end = await author.until_terminal(generation_id, timeout=10.0)
     assert end["type"] == "generation.cancelled"

@@ -73,9 +73,7 @@ async def test_a_database_outage_refuses_new_messages_streams_on_and_stores_afte
     shared: Cluster, node: RunningServer, postgres_proxy: TcpProxy
 ) -> None:
     async with ws_client(node) as ws:
-        accepted = await ws.create("keep talking through it", model="steady")
-        generation_id = accepted["generation_id"]
-        await ws.recv_type("generation.delta")
+        generation_id = await ws.streaming("keep talking through it", model="steady")
         postgres_proxy.cut()
         cut_at = len(ws.received)
 
@@ -89,9 +87,7 @@ async def test_a_database_outage_refuses_new_messages_streams_on_and_stores_afte
         assert not finished.done(), "the end was announced before it could be stored"
         postgres_proxy.restore()
         end = await finished
-        text = Reassembly(generation_id)
-        for event in ws.received:
-            text.add(event)  # asserts: no gap, no overlap
+        text = Reassembly(generation_id).add_all(ws.received)  # asserts: no gap, no overlap
         assert any(e["type"] == "generation.delta" for e in ws.received[cut_at:])
         assert end["type"] == "generation.completed"
         assert text.text == end["message"]["content"]
@@ -107,9 +103,7 @@ async def test_a_redis_outage_refuses_new_messages_and_the_running_reply_resumes
     shared: Cluster, node: RunningServer, redis_proxy: TcpProxy
 ) -> None:
     async with ws_client(node) as ws:
-        accepted = await ws.create("keep talking through it", model="steady")
-        generation_id = accepted["generation_id"]
-        await ws.recv_type("generation.delta")
+        generation_id = await ws.streaming("keep talking through it", model="steady")
         redis_proxy.cut()
 
         client_id = await refused_while_out(ws)
@@ -120,9 +114,7 @@ async def test_a_redis_outage_refuses_new_messages_and_the_running_reply_resumes
 
         # what could not be published arrives as one delta from where the client is
         end = await ws.until_terminal(generation_id, timeout=30.0)
-        text = Reassembly(generation_id)
-        for event in ws.received:
-            text.add(event)  # asserts: no gap, no overlap
+        text = Reassembly(generation_id).add_all(ws.received)  # asserts: no gap, no overlap
         assert end["type"] == "generation.completed"
         assert text.text == end["message"]["content"]
         stored = shared.stored(generation_id)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.cluster.support import Cluster, report, run_node, wait_ready_status
+from tests.cluster.support import Cluster, report, wait_ready_status
 from tests.server import RunningServer, free_port
 from tests.transports.support import Reassembly, ws_client
 
@@ -79,12 +79,6 @@ def own_redis() -> Iterator[RedisServer]:
         server.stop()
 
 
-@contextlib.contextmanager
-def node(shared: Cluster, name: str, redis_url: str) -> Iterator[RunningServer]:
-    with run_node(shared.env(NODE_ID=name, BUS_URL=redis_url)) as server:
-        yield server
-
-
 async def resume_once(server: RunningServer, generation_id: str, offset: int) -> tuple[str, str]:
     """One ``generation.resume`` from ``offset`` on a fresh connection, read to the end:
     the text after ``offset`` (asserted gapless and without overlap) and how it ended."""
@@ -92,9 +86,8 @@ async def resume_once(server: RunningServer, generation_id: str, offset: int) ->
         await client.send(type="generation.resume", generation_id=generation_id, offset=offset)
         assert (await client.recv())["type"] == "generation.started"
         end = await client.until_terminal(generation_id, timeout=60.0)
-        rest = Reassembly(generation_id, offset)
-        for event in client.received:
-            rest.add(event)  # asserts: each delta starts where the text so far ends
+        # asserts: each delta starts where the text so far ends
+        rest = Reassembly(generation_id, offset).add_all(client.received)
         assert not [e for e in client.received if e["type"] == "error"], client.received
     return rest.text, end["type"]
 
@@ -102,14 +95,12 @@ async def resume_once(server: RunningServer, generation_id: str, offset: int) ->
 async def test_after_a_redis_restart_every_resume_on_another_node_gets_the_whole_reply(
     shared: Cluster, own_redis: RedisServer
 ) -> None:
-    with node(shared, "restart-a", own_redis.url) as node_a:
-        with node(shared, "restart-b", own_redis.url) as node_b:
+    with shared.node("restart-a", BUS_URL=own_redis.url) as node_a:
+        with shared.node("restart-b", BUS_URL=own_redis.url) as node_b:
             async with ws_client(node_a) as author:
                 accepted = await author.create("a long answer please", model="long")
                 generation_id = accepted["generation_id"]
-                text = Reassembly(generation_id)
-                while text.deltas < 10:
-                    text.add(await author.recv())
+                text = await Reassembly(generation_id).read(author.recv, deltas=10)
                 author.cut()  # the tab drops mid-reply
 
             restarted = time.monotonic()

@@ -14,7 +14,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,12 @@ class Reassembly:
             self.text += event["text"]
             self.deltas += 1
 
+    def add_all(self, events: Iterable[Mapping[str, Any]]) -> Reassembly:
+        """``add`` each of ``events`` (a client's ``received``, say)."""
+        for event in events:
+            self.add(event)
+        return self
+
     async def read(
         self, next_event: Callable[[], Awaitable[Mapping[str, Any] | None]], deltas: int
     ) -> Reassembly:
@@ -197,6 +203,13 @@ class WsClient:
         client_id = fields.pop("client_id", None) or str(uuid.uuid4())
         await self.send(type="message.create", client_id=client_id, content=content, **fields)
         return await self.recv_type("message.accepted")
+
+    async def streaming(self, content: str = "hello", **fields: Any) -> str:
+        """Post a message and wait until its reply streams (its first delta is in);
+        the reply's ``generation_id``."""
+        accepted = await self.create(content, **fields)
+        await self.recv_type("generation.delta")
+        return str(accepted["generation_id"])
 
     def cut(self) -> None:
         """Drop the TCP connection with no close frame (RST)."""
