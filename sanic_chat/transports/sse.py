@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -116,9 +117,6 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         "`{generation_id}:{offset}`. Resume with the `Last-Event-ID` header (or "
         "`?last_event_id=`). See docs/protocol.md, The event stream."
     )
-    @openapi.parameter("last_event_id", str, description="{generation_id}:{offset} to resume")
-    @openapi.parameter("ticket", str, description="a one-time ticket (JWT auth, browsers)")
-    @errors(401, 404, 422, 429)
     @_event_stream("the conversation's events, until the client leaves")
     async def conversation_events(request: Request, conversation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
@@ -141,9 +139,6 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
         "See docs/protocol.md, Resuming."
     )
     @openapi.parameter("offset", int, description="code points already held (default 0)")
-    @openapi.parameter("last_event_id", str, description="{generation_id}:{offset} to resume")
-    @openapi.parameter("ticket", str, description="a one-time ticket (JWT auth, browsers)")
-    @errors(401, 404, 422, 429)
     @_event_stream("the reply's events, up to its terminal event")
     async def generation_events(request: Request, generation_id: uuid.UUID) -> None:
         last = parse_last_event_id(request)
@@ -210,8 +205,22 @@ def register(app: Sanic[Any, Any], context: TransportContext) -> None:
     app.register_listener(end_streams, "before_server_stop")
 
 
-def _event_stream(description: str) -> Any:
-    return openapi.response(200, {"text/event-stream": {"schema": {"type": "string"}}}, description)
+def _event_stream(description: str) -> Callable[[Any], Any]:
+    """What every event stream's documentation says: its answer, its errors, and
+    the two query parameters it shares (``?last_event_id=`` to resume, ``?ticket=``)."""
+    documents = (
+        openapi.response(200, {"text/event-stream": {"schema": {"type": "string"}}}, description),
+        errors(401, 404, 422, 429),
+        openapi.parameter("ticket", str, description="a one-time ticket (JWT auth, browsers)"),
+        openapi.parameter("last_event_id", str, description="{generation_id}:{offset} to resume"),
+    )
+
+    def document(handler: Any) -> Any:
+        for add in documents:
+            handler = add(handler)
+        return handler
+
+    return document
 
 
 def _json_body(request: Request) -> Any:
