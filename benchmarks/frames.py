@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 __all__ = ["TERMINAL", "MessageResult", "ReplyTracker", "message_create"]
 
 TERMINAL = frozenset({"generation.completed", "generation.cancelled", "generation.failed"})
@@ -205,6 +207,25 @@ class ReplyTracker:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+    def last_event_id(self) -> str | None:
+        """Where an event stream reopened after a drop resumes (None: from now)."""
+        if self.generation_id is None:
+            return None
+        return f"{self.generation_id}:{self.length}"
+
+    def resume_frame(self, create: str) -> str:
+        """What a WebSocket reconnected after a drop sends: ``generation.resume``
+        from the text held, or, before the reply is known, the same
+        ``message.create`` again (idempotent on its client_id)."""
+        if self.generation_id is None:
+            return create
+        resume = {
+            "type": "generation.resume",
+            "generation_id": self.generation_id,
+            "offset": self.length,
+        }
+        return orjson.dumps(resume).decode()
 
     def result(self, *, user: int, transport: str, slow: bool, run_start: float) -> MessageResult:
         def ms(at: float | None) -> float | None:

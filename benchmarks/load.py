@@ -35,6 +35,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +141,27 @@ class _Worker:
             self.stats.errors += 1
         if result.first_ms is not None:
             self.stats.recent_ttfc.append(result.first_ms)
+
+    def connect_failed(self, exc: BaseException) -> None:
+        self.stats.connect_errors += 1
+        self.stats.connect_error_kinds[type(exc).__name__] += 1
+
+    async def converse(self, rng: random.Random, message: Callable[[int], Awaitable[None]]) -> None:
+        """One connected user: ``message(n)`` for n = 0, 1, ..., thinking between
+        them, until the run stops or ``max_messages`` are sent."""
+        self.stats.active += 1
+        try:
+            sent = 0
+            while not self.stopping:
+                await message(sent)
+                sent += 1
+                if self.config.max_messages and sent >= self.config.max_messages:
+                    break
+                await self.think(rng)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.stats.active -= 1
 
     async def think(self, rng: random.Random) -> None:
         pause = self.config.think_time * rng.uniform(0.5, 1.5)
@@ -349,22 +371,11 @@ class _WsUser:
         try:
             await self._connect()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            w.stats.connect_errors += 1
-            w.stats.connect_error_kinds[type(exc).__name__] += 1
+            w.connect_failed(exc)
             return
-        w.stats.active += 1
         try:
-            sent = 0
-            while not w.stopping:
-                await self._message(sent)
-                sent += 1
-                if w.config.max_messages and sent >= w.config.max_messages:
-                    break
-                await w.think(self.rng)
-        except asyncio.CancelledError:
-            pass
+            await w.converse(self.rng, self._message)
         finally:
-            w.stats.active -= 1
             if self.ws is not None:
                 with contextlib.suppress(Exception):
                     await self.ws.close()
@@ -440,16 +451,7 @@ class _WsUser:
             raise OSError("could not reconnect")
         assert self.ws is not None
         tracker.resumes += 1
-        if tracker.generation_id is not None:
-            resume = {
-                "type": "generation.resume",
-                "generation_id": tracker.generation_id,
-                "offset": tracker.length,
-            }
-            await self.ws.send(orjson.dumps(resume).decode())
-        else:
-            # not acknowledged yet: the same client_id is idempotent
-            await self.ws.send(frame)
+        await self.ws.send(tracker.resume_frame(frame))
 
 
 #: a slow reader's receive buffer: small, so that falling behind reaches the server
@@ -499,23 +501,12 @@ class _SseUser:
             self.conversation_id = orjson.loads(response.content)["id"]
             await self._open(None)
         except (OSError, httpx.HTTPError, TimeoutError) as exc:
-            w.stats.connect_errors += 1
-            w.stats.connect_error_kinds[type(exc).__name__] += 1
+            w.connect_failed(exc)
             self._stop_reader()
             return
-        w.stats.active += 1
         try:
-            sent = 0
-            while not w.stopping:
-                await self._message(sent)
-                sent += 1
-                if w.config.max_messages and sent >= w.config.max_messages:
-                    break
-                await w.think(self.rng)
-        except asyncio.CancelledError:
-            pass
+            await w.converse(self.rng, self._message)
         finally:
-            w.stats.active -= 1
             self._stop_reader()
 
     def _headers(self) -> dict[str, str]:
@@ -648,9 +639,7 @@ class _SseUser:
         tracker.accepted(answer["message"], answer.get("generation_id"), now)
 
     async def _reopen(self, tracker: ReplyTracker) -> None:
-        last = None
-        if tracker.generation_id is not None:
-            last = f"{tracker.generation_id}:{tracker.length}"
+        last = tracker.last_event_id()
         for attempt in range(5):
             try:
                 await self._open(last)

@@ -68,6 +68,18 @@ class ServerError(Exception):
     """An ``error`` frame, a failed generation, or an HTTP error."""
 
 
+def _report_drop(user: User, transport: str, reason: str) -> None:
+    """A connection that went away mid-reply, as a failed request in Locust's table."""
+    user.environment.events.request.fire(
+        request_type=transport,
+        name="dropped connection",
+        response_time=0.0,
+        response_length=0,
+        exception=Dropped(reason),
+        context={},
+    )
+
+
 def _report(user: User, transport: str, tracker: ReplyTracker) -> None:
     fire = user.environment.events.request.fire
     sent = tracker.sent_at
@@ -167,25 +179,10 @@ class ChatWebSocketUser(User):
             except TimeoutError:
                 break
             except ConnectionClosed as exc:
-                self.environment.events.request.fire(
-                    request_type="WS",
-                    name="dropped connection",
-                    response_time=0.0,
-                    response_length=0,
-                    exception=Dropped(str(exc)),
-                    context={},
-                )
+                _report_drop(self, "WS", str(exc))
                 self.ws = self._connect()
                 tracker.resumes += 1
-                if tracker.generation_id is not None:
-                    resume = {
-                        "type": "generation.resume",
-                        "generation_id": tracker.generation_id,
-                        "offset": tracker.length,
-                    }
-                    self.ws.send(orjson.dumps(resume).decode())
-                else:
-                    self.ws.send(frame)  # the same client_id is idempotent
+                self.ws.send(tracker.resume_frame(frame))
                 continue
             if tracker.feed(orjson.loads(raw), time.perf_counter()):
                 break
@@ -273,19 +270,9 @@ class ChatSseUser(HttpUser):
             except Empty:
                 break
             if event is _DROPPED:
-                self.environment.events.request.fire(
-                    request_type="SSE",
-                    name="dropped connection",
-                    response_time=0.0,
-                    response_length=0,
-                    exception=Dropped("event stream ended"),
-                    context={},
-                )
-                last = (
-                    f"{tracker.generation_id}:{tracker.length}" if tracker.generation_id else None
-                )
+                _report_drop(self, "SSE", "event stream ended")
                 tracker.resumes += 1
-                self.reader = gevent.spawn(self._read, last)
+                self.reader = gevent.spawn(self._read, tracker.last_event_id())
                 continue
             if tracker.feed(event, at):
                 break
