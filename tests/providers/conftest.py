@@ -85,6 +85,10 @@ class Opener:
         self.catalogs.append(catalog)
         return catalog.get(spec.name)
 
+    async def outcome(self, vendor: str, directives: str, text: str, **overrides: Any) -> Outcome:
+        """Open ``vendor``'s provider and run one request for ``text`` to its end."""
+        return await run(self(vendor, directives, **overrides), ask(text))
+
 
 @pytest.fixture
 def open_provider(

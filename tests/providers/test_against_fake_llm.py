@@ -27,8 +27,9 @@ pytestmark = pytest.mark.parametrize("vendor", VENDORS)
 async def test_streams_the_exact_text_then_usage_and_stop(
     vendor: str, open_provider: Opener, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};tokens=12")
-    outcome = await run(provider, ask("tell me about rivers and harbors"))
+    outcome = await open_provider.outcome(
+        vendor, f"key={key};tokens=12", "tell me about rivers and harbors"
+    )
     assert outcome.error is None
     assert outcome.text == reply_text("tell me about rivers and harbors", 12)
     assert [c.text for c in outcome.chunks[:-1]] == reply_tokens(
@@ -73,8 +74,7 @@ async def test_sends_model_history_and_limits(
 async def test_cut_mid_stream_fails_once_after_the_partial_text(
     vendor: str, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=cut:3")
-    outcome = await run(provider, ask("a cut stream"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=cut:3", "a cut stream")
     assert isinstance(outcome.error, ProviderFailure)
     assert outcome.error.code == "provider_error"
     # the three tokens came exactly once, and nothing was retried after them
@@ -85,8 +85,7 @@ async def test_cut_mid_stream_fails_once_after_the_partial_text(
 async def test_cut_before_any_token_is_not_retried_either(
     vendor: str, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=cut:0")
-    outcome = await run(provider, ask("x"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=cut:0", "x")
     assert isinstance(outcome.error, ProviderFailure)
     assert outcome.chunks == []
     assert fake.stats()["attempts"][key] == 1
@@ -95,8 +94,7 @@ async def test_cut_before_any_token_is_not_retried_either(
 async def test_malformed_frame_fails_after_the_partial_text(
     vendor: str, open_provider: Opener, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=malformed:2")
-    outcome = await run(provider, ask("broken json"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=malformed:2", "broken json")
     assert isinstance(outcome.error, ProviderFailure)
     assert "malformed" in outcome.error.message
     assert outcome.text == "".join(reply_tokens("broken json", 8)[:2])
@@ -105,8 +103,7 @@ async def test_malformed_frame_fails_after_the_partial_text(
 async def test_in_stream_error_after_text_fails_without_retry(
     vendor: str, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=error:2")
-    outcome = await run(provider, ask("an error"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=error:2", "an error")
     assert isinstance(outcome.error, ProviderFailure)
     assert "stream error" in outcome.error.message
     assert outcome.text == "".join(reply_tokens("an error", 8)[:2])
@@ -117,8 +114,9 @@ async def test_in_stream_error_after_text_fails_without_retry(
 async def test_5xx_before_the_first_token_is_retried_until_it_succeeds(
     vendor: str, status: int, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=status:{status};fail_first=2")
-    outcome = await run(provider, ask("retry me"))
+    outcome = await open_provider.outcome(
+        vendor, f"key={key};fault=status:{status};fail_first=2", "retry me"
+    )
     assert outcome.error is None
     assert outcome.text == reply_text("retry me", 8)
     assert fake.stats()["attempts"][key] == 3
@@ -127,8 +125,9 @@ async def test_5xx_before_the_first_token_is_retried_until_it_succeeds(
 async def test_5xx_gives_up_after_max_attempts(
     vendor: str, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=status:503", max_attempts=2)
-    outcome = await run(provider, ask("x"))
+    outcome = await open_provider.outcome(
+        vendor, f"key={key};fault=status:503", "x", max_attempts=2
+    )
     assert isinstance(outcome.error, ProviderFailure)
     assert outcome.error.retryable
     assert "503" in outcome.error.message
@@ -139,8 +138,7 @@ async def test_5xx_gives_up_after_max_attempts(
 async def test_other_4xx_fail_at_once(
     vendor: str, status: int, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=status:{status}")
-    outcome = await run(provider, ask("x"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=status:{status}", "x")
     assert type(outcome.error) is ProviderFailure
     assert not outcome.error.retryable
     assert str(status) in outcome.error.message
@@ -151,8 +149,7 @@ async def test_other_4xx_fail_at_once(
 async def test_401_and_403_are_unauthorized_and_not_retried(
     vendor: str, status: int, open_provider: Opener, fake: FakeLLM, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=status:{status}")
-    outcome = await run(provider, ask("x"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=status:{status}", "x")
     assert isinstance(outcome.error, ProviderUnauthorized)
     assert outcome.error.code == "provider_unauthorized"
     assert fake.stats()["attempts"][key] == 1
@@ -200,8 +197,9 @@ async def test_stall_longer_than_stream_timeout_is_a_timeout(
 async def test_a_short_stall_within_the_timeout_is_fine(
     vendor: str, open_provider: Opener, key: str
 ) -> None:
-    provider = open_provider(vendor, f"key={key};fault=stall:0.2;at=1", stream_timeout_s=2)
-    outcome = await run(provider, ask("pause"))
+    outcome = await open_provider.outcome(
+        vendor, f"key={key};fault=stall:0.2;at=1", "pause", stream_timeout_s=2
+    )
     assert outcome.error is None
     assert outcome.text == reply_text("pause", 8)
 
@@ -284,8 +282,7 @@ async def test_an_in_stream_error_before_any_text_is_retried_when_the_vendor_say
     # OpenAI server_error and Anthropic overloaded_error are retryable; Ollama's
     # error lines carry no type, so they are final
     retried = vendor != "ollama"
-    provider = open_provider(vendor, f"key={key};fault=error:0;fail_first=1")
-    outcome = await run(provider, ask("again"))
+    outcome = await open_provider.outcome(vendor, f"key={key};fault=error:0;fail_first=1", "again")
     if retried:
         assert outcome.error is None and outcome.text == reply_text("again", 8)
         assert fake.stats()["attempts"][key] == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -25,14 +24,6 @@ from sanic_chat.testing.fake_llm import FakeLLM
 from tests.server import free_port
 
 from .conftest import VENDORS, ask, base_url, run
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[ModelCatalog]]:
-    made: list[ModelCatalog] = []
-    yield made
-    for catalog in made:
-        await catalog.aclose()
 
 
 async def _fail(
@@ -67,11 +58,11 @@ async def test_a_refused_connection_names_the_model_and_says_refused(
     vendor: str,
     host: str,
     upstream: TransportFactory,
-    opened: list[ModelCatalog],
+    catalogs: list[ModelCatalog],
 ) -> None:
     port = free_port()
     error = await _fail(
-        opened, vendor, f"http://user:hunter2@{host}:{port}/v1?tenant=x", upstream, name="local"
+        catalogs, vendor, f"http://user:hunter2@{host}:{port}/v1?tenant=x", upstream, name="local"
     )
     assert error.message == "could not connect to the model 'local' (connection refused)"
     assert (error.code, error.retryable) == ("provider_error", True)
@@ -84,9 +75,9 @@ async def test_a_refused_connection_names_the_model_and_says_refused(
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_an_unknown_host_names_the_model(
-    vendor: str, upstream: TransportFactory, opened: list[ModelCatalog]
+    vendor: str, upstream: TransportFactory, catalogs: list[ModelCatalog]
 ) -> None:
-    error = await _fail(opened, vendor, "http://no-such-host.invalid:8080", upstream)
+    error = await _fail(catalogs, vendor, "http://no-such-host.invalid:8080", upstream)
     assert error.message == "could not connect to the model 'my-model' (host name not found)"
     assert error.upstream_host == "no-such-host.invalid:8080"
 
@@ -111,9 +102,9 @@ async def test_each_upstream_failure_names_the_model_and_carries_its_status(
     message: str,
     fake: FakeLLM,
     upstream: TransportFactory,
-    opened: list[ModelCatalog],
+    catalogs: list[ModelCatalog],
 ) -> None:
-    error = await _fail(opened, vendor, base_url(fake, vendor), upstream, directives=directives)
+    error = await _fail(catalogs, vendor, base_url(fake, vendor), upstream, directives=directives)
     assert error.message.startswith(message), error.message
     assert "sk-never-shown" not in error.message
     port = fake.base_url.rsplit(":", 1)[1]
@@ -170,7 +161,7 @@ def test_the_reason_of_a_connect_failure_comes_from_the_os_error_behind_it() -> 
 
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_a_connect_timeout_names_the_model_and_the_limit(
-    vendor: str, upstream: TransportFactory, opened: list[ModelCatalog]
+    vendor: str, upstream: TransportFactory, catalogs: list[ModelCatalog]
 ) -> None:
     # a listener that never accepts, its backlog full: the kernel drops further
     # SYNs, so connecting hangs until the limit (on loopback, no network needed)
@@ -194,7 +185,7 @@ async def test_a_connect_timeout_names_the_model_and_the_limit(
                 connect_timeout_s=0.3,
             )
             catalog = ModelCatalog([spec], "busy", transports=upstream)
-            opened.append(catalog)
+            catalogs.append(catalog)
             outcome = await run(catalog.get("busy"), ask("hello"))
         finally:
             for filler in fillers:

@@ -17,10 +17,26 @@ from .conftest import Opener, ask, run
 PROMPT = "say something about gardens"
 
 
+def openai_client(fake: FakeLLM, faults: str = "") -> openai.AsyncOpenAI:
+    """The official client on the fake, without retries; ``faults`` go in its X-Fake-LLM header."""
+    headers = {"X-Fake-LLM": faults} if faults else None
+    return openai.AsyncOpenAI(
+        base_url=fake.base_url + "/v1", api_key="sk-x", max_retries=0, default_headers=headers
+    )
+
+
+def anthropic_client(fake: FakeLLM, faults: str = "") -> anthropic.AsyncAnthropic:
+    """The official client on the fake, without retries; ``faults`` go in its X-Fake-LLM header."""
+    headers = {"X-Fake-LLM": faults} if faults else None
+    return anthropic.AsyncAnthropic(
+        base_url=fake.base_url, api_key="sk-ant-x", max_retries=0, default_headers=headers
+    )
+
+
 async def test_openai_sdk_streams_the_same_text_and_usage(
     fake: FakeLLM, open_provider: Opener
 ) -> None:
-    client = openai.AsyncOpenAI(base_url=fake.base_url + "/v1", api_key="sk-x", max_retries=0)
+    client = openai_client(fake)
     async with client:
         stream = await client.chat.completions.create(
             model="gpt-4o-mini",
@@ -47,9 +63,7 @@ async def test_openai_sdk_streams_the_same_text_and_usage(
 
 
 async def test_openai_sdk_reads_the_non_streamed_answer(fake: FakeLLM) -> None:
-    async with openai.AsyncOpenAI(
-        base_url=fake.base_url + "/v1", api_key="sk-x", max_retries=0
-    ) as client:
+    async with openai_client(fake) as client:
         answer = await client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], max_tokens=4
         )
@@ -59,22 +73,12 @@ async def test_openai_sdk_reads_the_non_streamed_answer(fake: FakeLLM) -> None:
 
 
 async def test_openai_sdk_sees_the_fakes_errors_as_the_vendors(fake: FakeLLM) -> None:
-    async with openai.AsyncOpenAI(
-        base_url=fake.base_url + "/v1",
-        api_key="sk-x",
-        max_retries=0,
-        default_headers={"X-Fake-LLM": "fault=status:429;retry_after=1"},
-    ) as client:
+    async with openai_client(fake, "fault=status:429;retry_after=1") as client:
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}]
             )
-    async with openai.AsyncOpenAI(
-        base_url=fake.base_url + "/v1",
-        api_key="sk-x",
-        max_retries=0,
-        default_headers={"X-Fake-LLM": "fault=error:2"},
-    ) as client:
+    async with openai_client(fake, "fault=error:2") as client:
         stream = await client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "x"}], stream=True
         )
@@ -86,9 +90,7 @@ async def test_openai_sdk_sees_the_fakes_errors_as_the_vendors(fake: FakeLLM) ->
 async def test_anthropic_sdk_streams_the_same_text_and_usage(
     fake: FakeLLM, open_provider: Opener
 ) -> None:
-    async with anthropic.AsyncAnthropic(
-        base_url=fake.base_url, api_key="sk-ant-x", max_retries=0
-    ) as client:
+    async with anthropic_client(fake) as client:
         async with client.messages.stream(
             model="claude-sonnet-4-5",
             max_tokens=1024,
@@ -107,9 +109,7 @@ async def test_anthropic_sdk_streams_the_same_text_and_usage(
 
 
 async def test_anthropic_sdk_reads_the_non_streamed_answer(fake: FakeLLM) -> None:
-    async with anthropic.AsyncAnthropic(
-        base_url=fake.base_url, api_key="k", max_retries=0
-    ) as client:
+    async with anthropic_client(fake) as client:
         message = await client.messages.create(
             model="claude-sonnet-4-5", max_tokens=3, messages=[{"role": "user", "content": PROMPT}]
         )
@@ -119,12 +119,7 @@ async def test_anthropic_sdk_reads_the_non_streamed_answer(fake: FakeLLM) -> Non
 
 
 async def test_anthropic_sdk_sees_overloaded_in_stream_and_529(fake: FakeLLM) -> None:
-    async with anthropic.AsyncAnthropic(
-        base_url=fake.base_url,
-        api_key="k",
-        max_retries=0,
-        default_headers={"X-Fake-LLM": "fault=error:1"},
-    ) as client:
+    async with anthropic_client(fake, "fault=error:1") as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
             async with client.messages.stream(
                 model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
@@ -132,12 +127,7 @@ async def test_anthropic_sdk_sees_overloaded_in_stream_and_529(fake: FakeLLM) ->
                 async for _ in stream.text_stream:
                     pass
         assert "overloaded_error" in str(caught.value)
-    async with anthropic.AsyncAnthropic(
-        base_url=fake.base_url,
-        api_key="k",
-        max_retries=0,
-        default_headers={"X-Fake-LLM": "fault=status:529"},
-    ) as client:
+    async with anthropic_client(fake, "fault=status:529") as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
             await client.messages.create(
                 model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
