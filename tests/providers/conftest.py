@@ -11,6 +11,7 @@ so the default run covers both.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -70,6 +71,16 @@ async def catalogs() -> AsyncIterator[list[ModelCatalog]]:
     made: list[ModelCatalog] = []
     yield made
     for catalog in made:
+        await catalog.aclose()
+
+
+@contextlib.asynccontextmanager
+async def provider_of(spec: ModelSpec, upstream: TransportFactory) -> AsyncIterator[Provider]:
+    """The provider of ``spec`` over ``upstream``; its catalog is closed on leaving."""
+    catalog = ModelCatalog([spec], spec.name, transports=upstream)
+    try:
+        yield catalog.get(spec.name)
+    finally:
         await catalog.aclose()
 
 

@@ -8,12 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.upstream import TransportFactory
 from sanic_chat.testing.fake_llm import FakeLLM
 from tests.chaos import TcpProxy
 
-from .conftest import VENDORS, ask, run, spec_for
+from .conftest import VENDORS, ask, provider_of, run, spec_for
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
@@ -23,13 +22,9 @@ async def test_consecutive_replies_share_one_upstream_connection(
     with TcpProxy(int(fake.base_url.rsplit(":", 1)[1])) as proxy:
         spec = spec_for(fake, vendor)
         spec = replace(spec, base_url=proxy.url_for(spec.base_url or ""))
-        catalog = ModelCatalog([spec], spec.name, transports=upstream)
-        try:
-            provider = catalog.get(spec.name)
+        async with provider_of(spec, upstream) as provider:
             for i in range(3):
                 outcome = await run(provider, ask(f"hello {i}"))
                 assert outcome.error is None and outcome.text
                 assert outcome.last.finish_reason == "stop"
-        finally:
-            await catalog.aclose()
         assert proxy.connections_made == 1

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sanic_chat.providers.catalog import ModelCatalog
 from sanic_chat.providers.upstream import TransportFactory
 from sanic_chat.testing.fake_llm import FakeLLM
 
-from .conftest import VENDORS, ask, run, spec_for
+from .conftest import VENDORS, ask, provider_of, run, spec_for
 
 
 @pytest.fixture
@@ -36,14 +35,10 @@ async def test_replies_leave_no_httpx_objects_in_cycles(
     fake: FakeLLM, vendor: str, saved_garbage: list[object], upstream: TransportFactory
 ) -> None:
     spec = spec_for(fake, vendor)
-    catalog = ModelCatalog([spec], spec.name, transports=upstream)
-    try:
-        provider = catalog.get(spec.name)
+    async with provider_of(spec, upstream) as provider:
         for i in range(5):
             outcome = await run(provider, ask(f"hello {i}"))
             assert outcome.error is None and outcome.text
-    finally:
-        await catalog.aclose()
     gc.collect()
     in_cycles = [o for o in saved_garbage if isinstance(o, httpx.Response | httpx.Request)]
     assert in_cycles == [], f"{len(in_cycles)} httpx objects were only freeable by the collector"
