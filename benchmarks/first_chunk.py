@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 import websockets
 
-from tests.server import demo_models_file, free_port, run_server
+from tests.server import demo_models_file, drop_schema, free_port, run_server
 
 
 async def measure(ws_url: str, messages: int) -> tuple[list[float], list[float]]:
@@ -55,19 +55,6 @@ async def measure(ws_url: str, messages: int) -> tuple[list[float], list[float]]
                 ):
                     break
     return first_chunk, accepted
-
-
-def drop_schema(database_url: str, schema: str) -> None:
-    """Leave the shared database as it was."""
-    import psycopg2  # installed with aiopg
-
-    connection = psycopg2.connect(database_url)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        connection.close()
 
 
 def pct(values: list[float], p: float) -> float:

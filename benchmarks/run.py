@@ -43,6 +43,7 @@ import httpx
 import orjson
 
 from . import report
+from ._support import drop_schema
 
 __all__ = ["main"]
 
@@ -506,15 +507,8 @@ class Bench:
         service.stop()
 
     def drop_schema(self) -> None:
-        import psycopg2
-
-        dsn = self.args.database_url.split("?", 1)[0]
         with contextlib.suppress(Exception):
-            conn = psycopg2.connect(dsn)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-            conn.close()
+            drop_schema(self.args.database_url.split("?", 1)[0], self.schema)
 
     def close(self) -> None:
         self.sampler.stop()

@@ -27,9 +27,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import uvloop
 
+from benchmarks._support import drop_schema
 from sanic_chat.core.records import Message, utcnow
 from sanic_chat.store import open_store
 
@@ -119,13 +119,7 @@ async def measure(backend: str, cycles: int, separate: bool = False) -> tuple[fl
         return await run(store, cycles, separate)
     finally:
         await store.close()
-        admin = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            admin.close()
+        drop_schema(POSTGRES_URL, schema)
 
 
 def main() -> None:
