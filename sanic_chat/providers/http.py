@@ -320,6 +320,18 @@ class HttpProvider:
         """The request's, else the model's (None: the vendor's default)."""
         return request.temperature if request.temperature is not None else self.spec.temperature
 
+    def sampling(self, request: CompletionRequest, max_tokens_key: str) -> dict[str, Any]:
+        """The token limit (under the vendor's ``max_tokens_key``) and temperature
+        of :meth:`max_tokens` and :meth:`temperature`, each only when set."""
+        options: dict[str, Any] = {}
+        max_tokens = self.max_tokens(request)
+        if max_tokens is not None:
+            options[max_tokens_key] = max_tokens
+        temperature = self.temperature(request)
+        if temperature is not None:
+            options["temperature"] = temperature
+        return options
+
     def bearer(self, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` with the API key as a Bearer token, if the model has one."""
         if self.spec.api_key:

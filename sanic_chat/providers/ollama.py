@@ -63,13 +63,7 @@ class OllamaProvider(HttpProvider):
             "messages": self.plain_messages(request),
             "stream": True,
         }
-        options: dict[str, Any] = {}
-        max_tokens = self.max_tokens(request)
-        if max_tokens is not None:
-            options["num_predict"] = max_tokens
-        temperature = self.temperature(request)
-        if temperature is not None:
-            options["temperature"] = temperature
+        options = self.sampling(request, "num_predict")
         if options:
             body["options"] = options
         return body

@@ -99,19 +99,13 @@ class OpenAIProvider(HttpProvider):
     path = "/chat/completions"
 
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        return {
             "model": self.spec.model,
             "messages": self.plain_messages(request),
             "stream": True,
             "stream_options": {"include_usage": True},
+            **self.sampling(request, self.spec.max_tokens_param),
         }
-        max_tokens = self.max_tokens(request)
-        if max_tokens is not None:
-            body[self.spec.max_tokens_param] = max_tokens
-        temperature = self.temperature(request)
-        if temperature is not None:
-            body["temperature"] = temperature
-        return body
 
     def build_headers(self) -> dict[str, str]:
         return self.bearer({"accept": "text/event-stream"})
