@@ -56,9 +56,7 @@ async def test_two_workers_serve_forty_concurrent_chats_to_the_end_without_loss(
                 accepted = await ws.create(f"chat number {index}", model="steady")
                 generation_id = accepted["generation_id"]
                 end = await ws.until_terminal(generation_id, timeout=60.0)
-                text = Reassembly(generation_id)
-                for event in ws.received:
-                    text.add(event)
+                text = Reassembly(generation_id).add_all(ws.received)
                 return generation_id, text.text, end
 
         started = time.monotonic()

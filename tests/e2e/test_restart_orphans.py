@@ -93,8 +93,7 @@ async def test_a_reply_orphaned_by_a_killed_process_is_interrupted_with_its_chec
                     await ws.send(type="generation.resume", generation_id=generation_id, offset=had)
                     assert (await ws.recv())["type"] == "generation.started"
                     failed = await ws.until_terminal(generation_id)
-                    for event in ws.received:
-                        received.add(event)
+                    received.add_all(ws.received)
                 assert failed["type"] == "generation.failed"
                 assert failed["error"]["code"] == "interrupted"
                 assert failed["message"]["status"] == "interrupted"

@@ -96,8 +96,7 @@ async def test_an_sse_stream_cut_mid_reply_is_finished_over_websocket_resume(
             assert first["type"] == "generation.delta" and first["offset"] == text.end
             text.add(first)
             terminal = await ws.until_terminal(generation_id)
-            for event in ws.received[2:]:
-                text.add(event)
+            text.add_all(ws.received[2:])
         assert terminal["type"] == "generation.completed"
         assert text.text == terminal["message"]["content"]
         stored = await stored_message(client, conversation_id, generation_id)
@@ -127,12 +126,10 @@ async def test_stop_from_the_tab_that_did_not_send_ends_the_reply_for_every_tab(
         texts = []
         for events in (
             sender.received,
-            [e.data for e in other_tab.received if e.data is not None],
+            other_tab.received_data,
             third_tab.received,
         ):
-            text = Reassembly(generation_id)
-            for event in events:
-                text.add(event)
+            text = Reassembly(generation_id).add_all(events)
             texts.append(text.text)
         assert [end["type"] for end in ends] == ["generation.cancelled"] * 3
         assert ends[0] == ends[1] == ends[2]

@@ -11,11 +11,14 @@ client stops reading. Frames, bytes and server RSS are printed, not asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
@@ -23,13 +26,13 @@ from tests.server import RunningServer
 from tests.transports.support import (
     BACKENDS,
     Reassembly,
-    chat_server,
-    database,
+    SseStream,
     http_client,
     new_conversation,
     post_message,
     raw_sse_stream,
     rss_kib,
+    server_on,
     shared_server,
     stored_message,
     wait_stored_final,
@@ -52,10 +55,8 @@ def tight_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A server whose connections may hold only 1,000 code points unsent."""
-    with (
-        database(request.param, tmp_path_factory.mktemp("db")) as db,
-        chat_server(db, {"SANIC_CHAT_OUTBOX_MAX_CHARS": "1000"}) as running,
-    ):
+    tmp = tmp_path_factory.mktemp("db")
+    with server_on(request.param, tmp, {"SANIC_CHAT_OUTBOX_MAX_CHARS": "1000"}) as running:
         yield running
 
 
@@ -72,6 +73,28 @@ def stalled_socket(server: RunningServer) -> socket.socket:
     sock.connect((url.hostname, url.port))
     sock.setblocking(False)
     return sock
+
+
+@dataclass
+class StalledStream:
+    sse: SseStream
+    path: str
+    conversation_id: str
+    generation_id: str
+
+
+@contextlib.asynccontextmanager
+async def stalled_sse_firehose(
+    server: RunningServer, client: httpx.AsyncClient
+) -> AsyncIterator[StalledStream]:
+    """A new conversation's event stream over ``stalled_socket``, opened (its
+    opening comment read) before the firehose reply is posted to it."""
+    conversation_id = await new_conversation(client)
+    path = f"/api/v1/conversations/{conversation_id}/events"
+    async with raw_sse_stream(stalled_socket(server), path) as sse:
+        assert (await sse.next()) is not None  # the opening comment
+        posted = await post_message(client, conversation_id, "firehose", model="firehose")
+        yield StalledStream(sse, path, conversation_id, posted.json()["generation_id"])
 
 
 def report(what: str, **numbers: object) -> None:
@@ -124,22 +147,16 @@ async def test_an_sse_reader_that_stalls_gets_every_code_point_in_fewer_events(
 ) -> None:
     pid = server.process.pid
     async with http_client(server) as client:
-        conversation_id = await new_conversation(client)
-        path = f"/api/v1/conversations/{conversation_id}/events"
-        async with raw_sse_stream(stalled_socket(server), path) as sse:
-            assert (await sse.next()) is not None  # the opening comment
-            posted = await post_message(client, conversation_id, "firehose", model="firehose")
-            generation_id = posted.json()["generation_id"]
+        async with stalled_sse_firehose(server, client) as stalled:
+            sse, conversation_id = stalled.sse, stalled.conversation_id
+            generation_id = stalled.generation_id
             rss_before = rss_kib(pid)
             await asyncio.sleep(STALL_S)  # not reading; the reply runs to its end meanwhile
             stored = await wait_stored_final(client, conversation_id, generation_id)
             rss_stalled = rss_kib(pid)
             terminal = await sse.until_terminal(generation_id)
             rss_after = rss_kib(pid)
-    text = Reassembly(generation_id)
-    for event in sse.received:
-        if event.data is not None:
-            text.add(event.data)
+    text = Reassembly(generation_id).add_all(sse.received_data)
     assert stored["status"] == "complete"
     assert text.text == stored["content"] == terminal["message"]["content"]
     assert text.deltas < TOKENS
@@ -147,7 +164,7 @@ async def test_an_sse_reader_that_stalls_gets_every_code_point_in_fewer_events(
         "SSE reader stalled 2 s during an 8,000-token reply",
         tokens=TOKENS,
         delta_events=text.deltas,
-        events=len([e for e in sse.received if e.data is not None]),
+        events=len(sse.received_data),
         body_bytes=sse.body_bytes,
         code_points=len(text.text),
         server_rss_kib=f"{rss_before}->{rss_stalled}->{rss_after}",
@@ -179,8 +196,7 @@ async def test_a_websocket_reader_too_far_behind_is_closed_4008_and_resumes_by_o
             latency = time.monotonic() - asked
             text.add(first)
             terminal = await ws.until_terminal(generation_id)
-            for event in ws.received[2:]:
-                text.add(event)
+            text.add_all(ws.received[2:])
         assert text.text == stored["content"] == terminal["message"]["content"]
         report(
             "WebSocket reader dropped with 4008, then resumed",
@@ -195,12 +211,9 @@ async def test_an_sse_reader_too_far_behind_loses_its_stream_and_resumes_with_la
 ) -> None:
     server = tight_server
     async with http_client(server) as client:
-        conversation_id = await new_conversation(client)
-        path = f"/api/v1/conversations/{conversation_id}/events"
-        async with raw_sse_stream(stalled_socket(server), path) as sse:
-            assert (await sse.next()) is not None  # the opening comment
-            posted = await post_message(client, conversation_id, "firehose", model="firehose")
-            generation_id = posted.json()["generation_id"]
+        async with stalled_sse_firehose(server, client) as stalled:
+            sse, conversation_id = stalled.sse, stalled.conversation_id
+            generation_id = stalled.generation_id
             await asyncio.sleep(STALL_S)
             text = Reassembly(generation_id)
             while (data := await sse.next_data()) is not None:
@@ -209,11 +222,9 @@ async def test_an_sse_reader_too_far_behind_loses_its_stream_and_resumes_with_la
         # the stream ended early; the client reconnects with the last id it saw
         assert sse.last_id == f"{generation_id}:{text.end}"
         headers = {"Last-Event-ID": sse.last_id}
-        async with raw_sse_stream(stalled_socket(server), path, headers) as again:
+        async with raw_sse_stream(stalled_socket(server), stalled.path, headers) as again:
             terminal = await again.until_terminal(generation_id)
-        for event in again.received:
-            if event.data is not None:
-                text.add(event.data)
+        text.add_all(again.received_data)
         stored = await stored_message(client, conversation_id, generation_id)
         assert stored["status"] == "complete"
         assert text.text == stored["content"] == terminal["message"]["content"]

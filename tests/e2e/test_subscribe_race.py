@@ -23,9 +23,8 @@ from tests.transports.support import (
     BACKENDS,
     TERMINAL,
     Reassembly,
-    chat_server,
-    database,
     http_client,
+    server_on,
     stored_message,
     ws_client,
 )
@@ -48,10 +47,8 @@ SUBSCRIBERS = 40
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    with (
-        database(request.param, tmp_path_factory.mktemp("race")) as db,
-        chat_server(db, models=MODELS_TOML) as running,
-    ):
+    tmp = tmp_path_factory.mktemp("race")
+    with server_on(request.param, tmp, models=MODELS_TOML) as running:
         yield running
 
 
@@ -104,8 +101,7 @@ async def test_fresh_subscribers_with_an_offset_get_started_first_then_the_rest_
                 text = Reassembly(generation_id, len(prefix), prefix)
                 found = violations(tab.received, generation_id, len(prefix))
                 if not found:
-                    for event in tab.received:
-                        text.add(event)
+                    text.add_all(tab.received)
                 return text.text, found
 
         joins = []

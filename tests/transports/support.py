@@ -96,6 +96,15 @@ def chat_server(
         yield server
 
 
+@contextlib.contextmanager
+def server_on(
+    backend: str, tmp: Path, env: Mapping[str, str] | None = None, *, models: str = MODELS_TOML
+) -> Iterator[RunningServer]:
+    """A server of its own on a fresh database of ``backend`` (see ``chat_server``)."""
+    with database(backend, tmp) as db, chat_server(db, env, models=models) as server:
+        yield server
+
+
 _shared: dict[str, RunningServer] = {}
 
 
@@ -107,8 +116,7 @@ def shared_server(request: pytest.FixtureRequest, backend: str) -> RunningServer
         stack = contextlib.ExitStack()
         tmp = request.getfixturevalue("tmp_path_factory").mktemp("shared")
         try:
-            db = stack.enter_context(database(backend, tmp))
-            _shared[backend] = stack.enter_context(chat_server(db))
+            _shared[backend] = stack.enter_context(server_on(backend, tmp))
         except BaseException:
             stack.close()
             raise
@@ -295,6 +303,11 @@ class SseStream:
                 return None
             if event.data is not None:
                 return event.data
+
+    @property
+    def received_data(self) -> list[dict[str, Any]]:
+        """The JSON of every event read so far (comments left out)."""
+        return [event.data for event in self.received if event.data is not None]
 
     async def all_data(self) -> list[dict[str, Any]]:
         """Every event's JSON up to the end of the stream."""

@@ -25,10 +25,9 @@ from websockets.frames import Frame, Opcode
 from tests.server import RunningServer
 
 from .support import (
-    chat_server,
-    database,
     http_client,
     new_conversation,
+    server_on,
     wait_connections,
     ws_client,
 )
@@ -119,7 +118,7 @@ async def test_thousands_of_idle_connections_closing_at_once_leave_a_clean_log(
 ) -> None:
     _raise_open_files_limit(CONNECTIONS + 1024)
     env = {"SANIC_CHAT_MAX_CONNECTIONS_PER_USER": str(CONNECTIONS * 2)}
-    with database("sqlite", tmp_path) as db, chat_server(db, env) as server:
+    with server_on("sqlite", tmp_path, env) as server:
         url = httpx.URL(server.base_url)
         host, port = str(url.host), int(url.port or 80)
         gate = asyncio.Semaphore(OPENING_AT_ONCE)

@@ -16,9 +16,8 @@ from websockets.exceptions import ConnectionClosed
 from .support import (
     BACKENDS,
     Reassembly,
-    chat_server,
-    database,
     http_client,
+    server_on,
     sse_stream,
     ws_client,
 )
@@ -28,7 +27,7 @@ from .support import (
 async def test_shutdown_drains_replies_to_open_streams_then_ends_them(
     backend: str, tmp_path: Path
 ) -> None:
-    with database(backend, tmp_path) as db, chat_server(db) as server:
+    with server_on(backend, tmp_path) as server:
         async with http_client(server) as client, ws_client(server) as ws:
             accepted = await ws.create("finish before you go", model="slow")
             generation_id = accepted["generation_id"]
@@ -44,9 +43,7 @@ async def test_shutdown_drains_replies_to_open_streams_then_ends_them(
                 while True:
                     await ws.recv(timeout=15)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-            text = Reassembly(generation_id)
-            for event in ws.received:
-                text.add(event)
+            text = Reassembly(generation_id).add_all(ws.received)
             assert text.text == terminal["message"]["content"]
         exit_code = await asyncio.to_thread(server.process.wait, 20)
         print(f"\n[measure] {backend}: exited {time.monotonic() - stopping:.1f} s after SIGTERM")

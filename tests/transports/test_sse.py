@@ -67,9 +67,7 @@ async def test_a_reply_streams_as_sse_events_with_the_websocket_json(
         assert event.data is not None
         if event.data["type"] != "generation.delta":
             assert ws_by_type[event.data["type"]] == event.data
-    ws_text = Reassembly(generation_id)
-    for event in ws.received:
-        ws_text.add(event)
+    ws_text = Reassembly(generation_id).add_all(ws.received)
     assert ws_text.text == text.text
     assert ws_terminal == terminal
 
@@ -129,10 +127,7 @@ async def test_missing_conversation_or_generation_answers_404(server: RunningSer
 async def test_bad_input_answers_a_validation_error(server: RunningServer) -> None:
     async with http_client(server) as client:
         conversation_id = await new_conversation(client)
-        empty = await client.post(
-            f"/api/v1/conversations/{conversation_id}/messages",
-            json={"client_id": str(uuid.uuid4()), "content": "  "},
-        )
+        empty = await post_message(client, conversation_id, "  ")
         assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
         not_json = await client.post(
             f"/api/v1/conversations/{conversation_id}/messages", content=b"{nope"
@@ -184,9 +179,7 @@ async def test_generation_stream_replays_from_offset_and_ends_after_the_terminal
                 "generation.delta",
                 "generation.completed",
             ], query
-            text = Reassembly(generation_id, offset)
-            for event in events:
-                text.add(event)
+            text = Reassembly(generation_id, offset).add_all(events)
             assert text.text == content[offset:]
             assert sse.last_id == f"{generation_id}:{len(content)}"
         past_the_end = await client.get(f"{path}?offset={len(content) + 1}")
@@ -211,9 +204,7 @@ async def test_last_event_id_resumes_the_conversation_stream_exactly(
             first = await sse.next_data()
             assert first is not None and first["type"] == "generation.started"
             terminal = await sse.until_terminal(generation_id)
-            for event in sse.received:
-                if event.data is not None:
-                    text.add(event.data)
+            text.add_all(sse.received_data)
             assert terminal["type"] == "generation.completed"
             assert text.text == terminal["message"]["content"]
             end_of_first = sse.last_id
@@ -224,7 +215,7 @@ async def test_last_event_id_resumes_the_conversation_stream_exactly(
         await wait_stored_final(client, conversation_id, second["generation_id"])
         async with sse_stream(client, f"{path}?last_event_id={end_of_first}") as sse:
             terminal = await sse.until_terminal(second["generation_id"])
-        replayed = [e.data for e in sse.received if e.data is not None]
+        replayed = sse.received_data
         kinds = [(e["type"], e.get("generation_id")) for e in replayed]
         assert kinds[:2] == [
             ("generation.started", generation_id),
@@ -232,9 +223,7 @@ async def test_last_event_id_resumes_the_conversation_stream_exactly(
         ]
         assert kinds[2] == ("message.accepted", second["generation_id"])
         assert replayed[2]["message"]["id"] == second["message"]["id"]
-        second_text = Reassembly(second["generation_id"])
-        for event in replayed:
-            second_text.add(event)
+        second_text = Reassembly(second["generation_id"]).add_all(replayed)
         assert second_text.text == terminal["message"]["content"] != ""
 
 

@@ -12,16 +12,13 @@ import pytest
 
 from tests.server import RunningServer
 
-from .support import chat_server, database, http_client, new_conversation, post_message
+from .support import http_client, new_conversation, post_message, server_on
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp: Path = tmp_path_factory.mktemp("sse-session")
-    with (
-        database("sqlite", tmp) as db,
-        chat_server(db, {"SANIC_CHAT_FRAME_RATE_LIMIT": "2/minute"}) as server,
-    ):
+    with server_on("sqlite", tmp, {"SANIC_CHAT_FRAME_RATE_LIMIT": "2/minute"}) as server:
         yield server
 
 
@@ -42,10 +39,7 @@ async def test_a_cancel_over_http_pays_the_frame_rate_like_a_websocket_cancel(
 async def test_a_post_over_http_is_validated_by_the_decoder(limited: RunningServer) -> None:
     async with http_client(limited) as client:
         conversation_id = await new_conversation(client)
-        answer = await client.post(
-            f"/api/v1/conversations/{conversation_id}/messages",
-            json={"client_id": str(uuid.uuid4()), "content": ""},
-        )
+        answer = await post_message(client, conversation_id, "")
         assert answer.status_code == 422
         assert answer.json()["error"]["code"] == "validation_error"
 
@@ -56,9 +50,8 @@ async def test_a_post_over_http_with_nul_is_refused_with_its_client_id(
     client_id = str(uuid.uuid4())
     async with http_client(limited) as client:
         conversation_id = await new_conversation(client)
-        answer = await client.post(
-            f"/api/v1/conversations/{conversation_id}/messages",
-            json={"client_id": client_id.upper(), "content": "a\u0000b"},
+        answer = await post_message(
+            client, conversation_id, "a\u0000b", client_id=client_id.upper()
         )
         assert answer.status_code == 422
         assert answer.json()["error"] == {

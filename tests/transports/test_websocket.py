@@ -39,8 +39,7 @@ async def test_a_subscriber_with_an_offset_gets_the_rest_then_the_live_reply(
         assert started["reply_to"] == accepted["message"]["id"]
         resumed = Reassembly(generation_id, have, text.text)
         terminal = await tab.until_terminal(generation_id)
-        for event in tab.received:
-            resumed.add(event)
+        resumed.add_all(tab.received)
         assert resumed.text == terminal["message"]["content"]
         assert (await sender.until_terminal(generation_id)) == terminal
         # the subscription outlives that reply: the next message reaches the tab
