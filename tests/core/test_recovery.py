@@ -4,7 +4,6 @@ and when it must wait for their lease."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,6 +12,7 @@ from sanic_chat.bus.memory import MemoryBus
 from sanic_chat.core.records import utcnow
 from sanic_chat.core.service import ChatService
 from sanic_chat.store.memory import MemoryMessageStore
+from tests.store.support import post, soon
 
 from .fakes import ScriptedProvider, StaticModels
 
@@ -20,15 +20,7 @@ from .fakes import ScriptedProvider, StaticModels
 async def orphan(store: MemoryMessageStore, node_id: str) -> str:
     """A reply row as a process leaves it when killed mid-reply: streaming,
     with checkpointed text, its lease still running."""
-    posted = await store.post_user_message(
-        "alice",
-        conversation_id=None,
-        client_id=str(uuid.uuid4()),
-        content="hello",
-        model="scripted",
-        node_id=node_id,
-        lease_until=utcnow() + timedelta(seconds=15),
-    )
+    posted = await post(store, model="scripted", node_id=node_id, lease_until=soon(15))
     assert posted.reply is not None
     await store.checkpoint(posted.reply.id, "half a repl")
     return posted.reply.id

@@ -434,10 +434,9 @@ async def test_timestamps_are_aware_utc_everywhere(store: MessageStore) -> None:
 
 
 async def test_a_conversation_started_by_a_message_is_titled_by_it(store) -> None:
-    posted = await store.post_user_message(
-        "titled",
-        conversation_id=None,
-        client_id=str(uuid.uuid4()),
+    posted = await post(
+        store,
+        owner="titled",
         content="  How do   rivers\nform deltas over centuries, and why do some of them split into many channels?",
         model="demo",
         node_id="n",
