@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import multiprocessing
 import os
 import socket
 import statistics
@@ -34,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
@@ -62,6 +64,12 @@ def masked_frame(opcode: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04")
     assert len(payload) < 126
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -225,6 +233,13 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def _flood_into(
+    sent: Any, host: str, port: int, seconds: float, connections: int, frame: str
+) -> None:
+    result = flood(host, port, seconds=seconds, connections=connections, frame=frame)
+    sent.put(result.frames_sent)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1)
@@ -235,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         ws_url = f"ws://127.0.0.1:{port}/ws"
         idle = asyncio.run(bystander_pings(ws_url, 5.0))
         before = rss_mib(process.pid)
+        cpu_before = cpu_seconds(process.pid)
         samples: list[float] = []
         done = threading.Event()
 
@@ -244,33 +260,33 @@ def main(argv: list[str] | None = None) -> int:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        outcome: dict[str, FloodResult] = {}
-        flooder = threading.Thread(
-            target=lambda: outcome.setdefault(
-                "r",
-                flood(
-                    "127.0.0.1",
-                    port,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    frame=args.frame,
-                ),
-            )
+        # the flooders run in a process of their own: as threads of this one they
+        # would hold the GIL the bystander's event loop needs, and its round trips
+        # would measure this script, not the server
+        context = multiprocessing.get_context("spawn")
+        sent = context.Queue()
+        flooder = context.Process(
+            target=_flood_into,
+            args=(sent, "127.0.0.1", port, args.seconds, args.connections, args.frame),
         )
         flooder.start()
-        time.sleep(0.5)
-        loaded = asyncio.run(bystander_pings(ws_url, args.seconds - 1.0))
+        time.sleep(1.0)  # the process starts, and its connections upgrade
+        loaded = asyncio.run(bystander_pings(ws_url, args.seconds - 1.5))
+        frames_sent = sent.get(timeout=60)
+        server_cpu = cpu_seconds(process.pid) - cpu_before
         flooder.join()
         time.sleep(3.0)
         done.set()
         sampler.join()
         after = rss_mib(process.pid)
-        result = outcome["r"]
     print(
         f"{args.connections} connection(s), {args.frame} frames, {args.seconds:.0f} s: "
-        f"{result.frames_sent:,} frames written ({result.frames_sent / args.seconds:,.0f}/s)"
+        f"{frames_sent:,} frames written ({frames_sent / args.seconds:,.0f}/s)"
     )
     print(f"server RSS: {before:.0f} MiB before, peak {max(samples):.0f}, {after:.0f} after close")
+    print(
+        f"server CPU during the flood: {server_cpu:.2f} s ({server_cpu / args.seconds:.0%} of a core)"
+    )
     print(
         f"bystander ping RTT idle: p50 {_p(idle, 0.5):.1f} ms, p99 {_p(idle, 0.99):.1f} ms "
         f"({len(idle)} pings); under flood: p50 {_p(loaded, 0.5):.1f} ms, "

@@ -102,8 +102,11 @@ _FRAME_OVERHEAD = 200
 #: every frame a connection sends, of any type, spends one of these; an empty
 #: budget pauses reading until it refills. Far above what a person's client sends
 #: (a few a second), and the burst takes a batch of subscribes after a reconnect.
-FRAMES_PER_S = 1000.0
-FRAME_BURST = 2000.0
+#: Each frame taken still costs a parse and a handler turn, so the budget is what
+#: bounds the CPU a flooding connection takes from everyone else (benchmarks/RESULTS.md,
+#: "WebSocket input flood", measures both budgets).
+FRAMES_PER_S = 100.0
+FRAME_BURST = 400.0
 #: the attribute holding a connection's :class:`_Input`
 _INPUT = "_sanic_chat_input"
 
