@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from sanic_chat.bus.redis import RedisBus
 from sanic_chat.core.events import (
     GenerationCancelled,
     GenerationCompleted,
@@ -18,6 +19,15 @@ from sanic_chat.core.events import (
     TerminalEvent,
 )
 from sanic_chat.core.records import ErrorInfo, Message, Status, Usage, utcnow
+from tests.bus.conftest import MakeBus
+
+
+async def redis_bus(make: MakeBus, **options: object) -> RedisBus:
+    """A started Redis bus from ``make_redis_bus`` (typed as such: its options are the
+    Redis bus's own)."""
+    bus = await make(**options)
+    assert isinstance(bus, RedisBus)
+    return bus
 
 
 def new_id() -> str:

@@ -23,6 +23,7 @@ from tests.bus._support import (
     eventually,
     eventually_async,
     new_id,
+    redis_bus,
     started,
     text_pieces,
 )
@@ -146,12 +147,6 @@ async def behind_proxy(proxy: RedisProxy, prefix: str) -> AsyncIterator[RedisBus
     await bus.close()
 
 
-async def _redis_bus(make: MakeBus, **options: object) -> RedisBus:
-    bus = await make(**options)
-    assert isinstance(bus, RedisBus)
-    return bus
-
-
 def _reply(conversation: str, count: int) -> tuple[GenerationStarted, list[ServerEvent]]:
     start = started(conversation)
     pieces = text_pieces(count)
@@ -170,7 +165,7 @@ async def test_own_listeners_hear_an_event_when_its_publish_returns_not_through_
     it publishes, in order, before ``publish`` returns; node b hears them through Redis.
     When the echoes arrive they are dropped: each listener hears each event once."""
     node_a = behind_proxy
-    node_b = await _redis_bus(make_redis_bus, node_id="b")
+    node_b = await redis_bus(make_redis_bus, node_id="b")
     conversation = new_id()
     _, events = _reply(conversation, 50)
     heard_a: list[ServerEvent] = []
@@ -207,8 +202,8 @@ async def test_two_processes_publishing_to_one_conversation_are_each_heard_once_
 ) -> None:
     """Two nodes stream into one conversation at once: every listener, on either node,
     hears every event exactly once, each publisher's events in its publish order."""
-    node_a = await _redis_bus(make_redis_bus, node_id="a")
-    node_b = await _redis_bus(make_redis_bus, node_id="b")
+    node_a = await redis_bus(make_redis_bus, node_id="a")
+    node_b = await redis_bus(make_redis_bus, node_id="b")
     conversation = new_id()
     (start_a, from_a), (start_b, from_b) = _reply(conversation, 200), _reply(conversation, 200)
     heard: dict[str, list[ServerEvent]] = {"a": [], "b": []}
@@ -243,7 +238,7 @@ async def test_an_event_whose_publish_failed_is_heard_by_nobody_here_included(
     heard here either; the generation's catch-up (the same offset, published once Redis
     answers) is heard by everyone and is in the tail."""
     node_a = behind_proxy
-    node_b = await _redis_bus(make_redis_bus, node_id="b")
+    node_b = await redis_bus(make_redis_bus, node_id="b")
     conversation = new_id()
     start = started(conversation)
     first, second = deltas(start.generation_id, ["lost ", "then found"])

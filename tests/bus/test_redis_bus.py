@@ -17,16 +17,11 @@ from tests.bus._support import (
     eventually,
     eventually_async,
     new_id,
+    redis_bus,
     started,
     text_pieces,
 )
 from tests.bus.conftest import MakeBus
-
-
-async def _redis_bus(make: MakeBus, **options: object) -> RedisBus:
-    bus = await make(**options)
-    assert isinstance(bus, RedisBus)
-    return bus
 
 
 async def _client_ids(admin: Redis, name: str) -> list[int]:
@@ -37,8 +32,8 @@ async def _client_ids(admin: Redis, name: str) -> list[int]:
 async def test_a_listener_on_one_node_hears_the_events_published_on_another(
     make_redis_bus: MakeBus,
 ) -> None:
-    node_a = await _redis_bus(make_redis_bus, node_id="a")
-    node_b = await _redis_bus(make_redis_bus, node_id="b")
+    node_a = await redis_bus(make_redis_bus, node_id="a")
+    node_b = await redis_bus(make_redis_bus, node_id="b")
     conversation = new_id()
     start = started(conversation)
     pieces = text_pieces(100)
@@ -63,8 +58,8 @@ async def test_a_listener_on_one_node_hears_the_events_published_on_another(
 async def test_a_cancel_requested_on_one_node_reaches_the_node_running_the_reply(
     make_redis_bus: MakeBus,
 ) -> None:
-    node_a = await _redis_bus(make_redis_bus, node_id="a")
-    node_b = await _redis_bus(make_redis_bus, node_id="b")
+    node_a = await redis_bus(make_redis_bus, node_id="a")
+    node_b = await redis_bus(make_redis_bus, node_id="b")
     asked_a: list[str] = []
     await node_a.on_cancel(asked_a.append)
     generation_id = new_id()
@@ -77,7 +72,7 @@ async def test_a_cancel_requested_on_one_node_reaches_the_node_running_the_reply
 async def test_one_pubsub_connection_carries_every_conversation_and_is_released_when_unused(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
-    bus = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
     one, two = new_id(), new_id()
     unsubscribes = [
         await bus.subscribe(one, lambda e: None),
@@ -105,8 +100,8 @@ async def test_one_pubsub_connection_carries_every_conversation_and_is_released_
 async def test_the_reader_reconnects_and_resubscribes_after_its_connection_is_killed(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
-    bus = await _redis_bus(make_redis_bus)
-    publisher = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
+    publisher = await redis_bus(make_redis_bus)
     conversation = new_id()
     heard: list[ServerEvent] = []
     asked: list[str] = []
@@ -139,7 +134,7 @@ async def test_the_reader_reconnects_and_resubscribes_after_its_connection_is_ki
 async def test_publishing_survives_its_connection_being_killed(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
-    bus = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
     conversation = new_id()
     heard: list[ServerEvent] = []
     await bus.subscribe(conversation, heard.append)
@@ -188,7 +183,7 @@ async def test_tails_always_carry_an_expiry_and_a_running_one_is_refreshed(
     """No stream lives forever: started sets a safety expiry, deltas refresh it while the
     reply runs, the terminal event shortens it to tail_ttl_s, and a late delta does not
     lengthen a closed tail again."""
-    bus = await _redis_bus(make_redis_bus, tail_ttl_s=0.1, safety_ttl_s=1.0)
+    bus = await redis_bus(make_redis_bus, tail_ttl_s=0.1, safety_ttl_s=1.0)
     conversation = new_id()
     start = started(conversation)
     key = f"{bus.prefix}:gen:{start.generation_id}"
@@ -212,7 +207,7 @@ async def test_tails_always_carry_an_expiry_and_a_running_one_is_refreshed(
 
 
 async def test_a_long_reply_tail_is_read_whole(make_redis_bus: MakeBus) -> None:
-    bus = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
     conversation = new_id()
     start = started(conversation)
     pieces = text_pieces(8000)
@@ -231,7 +226,7 @@ async def test_subscribe_returns_only_once_redis_confirmed_it(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
     """Published right after subscribe returns, from a plain client: must arrive."""
-    bus = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
     for _ in range(20):
         conversation = new_id()
         heard: list[ServerEvent] = []
@@ -248,7 +243,7 @@ async def test_subscribing_while_the_connection_is_down_waits_for_the_new_subscr
 ) -> None:
     """subscribe() returns only once Redis confirmed it, even across a reconnect: what is
     published the moment it returns is heard."""
-    bus = await _redis_bus(make_redis_bus)
+    bus = await redis_bus(make_redis_bus)
     [old_id] = await _client_ids(redis_admin, bus.subscriber_client_name)
     await redis_admin.client_kill_filter(_id=str(old_id))
     conversation = new_id()
@@ -267,7 +262,7 @@ async def test_health_checks_keep_a_healthy_connection(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
     """The PINGs that detect a dead peer do not replace a live connection."""
-    bus = await _redis_bus(make_redis_bus, health_check_s=0.05)
+    bus = await redis_bus(make_redis_bus, health_check_s=0.05)
     conversation = new_id()
     heard: list[ServerEvent] = []
     await bus.subscribe(conversation, heard.append)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from sanic_chat.bus.redis import RedisBus
 from sanic_chat.core.events import GenerationDelta, ServerEvent
 from tests.bus._support import (
     completed,
@@ -15,23 +14,18 @@ from tests.bus._support import (
     eventually,
     eventually_async,
     new_id,
+    redis_bus,
     started,
     text_pieces,
 )
 from tests.bus.conftest import MakeBus
 
 
-async def _redis_bus(make: MakeBus, **options: object) -> RedisBus:
-    bus = await make(**options)
-    assert isinstance(bus, RedisBus)
-    return bus
-
-
 async def test_a_delta_that_finds_its_tail_gone_restores_the_whole_text(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
-    publisher = await _redis_bus(make_redis_bus, node_id="a")
-    other = await _redis_bus(make_redis_bus, node_id="b")
+    publisher = await redis_bus(make_redis_bus, node_id="a")
+    other = await redis_bus(make_redis_bus, node_id="b")
     conversation = new_id()
     start = started(conversation)
     pieces = text_pieces(30)
@@ -69,7 +63,7 @@ async def test_a_follower_in_the_publishing_process_gets_the_restored_whole_text
     """The restore's whole-text delta is this process's own event: its pub/sub echo is
     dropped, so its listeners hear it from the restore itself -- a follower here that
     joined from an older checkpoint while the stream was gone gets the text it misses."""
-    publisher = await _redis_bus(make_redis_bus, node_id="a")
+    publisher = await redis_bus(make_redis_bus, node_id="a")
     conversation = new_id()
     start = started(conversation)
     pieces = text_pieces(30)
@@ -94,7 +88,7 @@ async def test_a_follower_in_the_publishing_process_gets_the_restored_whole_text
 async def test_after_the_pubsub_connection_returns_open_tails_are_restored_without_a_delta(
     make_redis_bus: MakeBus, redis_admin: Redis
 ) -> None:
-    publisher = await _redis_bus(make_redis_bus, node_id="a")
+    publisher = await redis_bus(make_redis_bus, node_id="a")
     conversation = new_id()
     running, ended = started(conversation), started(conversation)
     await publisher.publish(conversation, running)
