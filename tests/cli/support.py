@@ -65,6 +65,13 @@ def assert_one_clear_line(result: Result, expected: str) -> None:
     assert result.returncode == 2, result.output
 
 
+def assert_stopped_before_serving(result: Result, expected: str) -> None:
+    """``serve`` refused to start: one clear line (``assert_one_clear_line``), and it
+    never said it was serving."""
+    assert_one_clear_line(result, expected)
+    assert "serving on" not in result.output
+
+
 @contextmanager
 def listening_socket() -> Iterator[int]:
     """A port something else listens on."""
