@@ -54,28 +54,30 @@ def _startup_error_in_one_line(record: logging.LogRecord) -> bool:
     return True
 
 
+def _refuse(reason: str) -> int:
+    """Says on stderr why the command does not run; 2 is the exit status of every
+    configuration or usage error."""
+    print(f"sanic-chat: {reason}", file=sys.stderr)
+    return 2
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"configuration error: {exc}")
     if settings.auth == "none" and not _is_loopback(args.host) and not args.insecure_no_auth:
-        print(
-            f"sanic-chat: refusing to listen on {args.host} with SANIC_CHAT_AUTH=none: anyone who "
+        return _refuse(
+            f"refusing to listen on {args.host} with SANIC_CHAT_AUTH=none: anyone who "
             "can reach it would read and write every conversation. Set SANIC_CHAT_AUTH=jwt "
             "(see docs/security.md), listen on 127.0.0.1, or pass --insecure-no-auth if this "
-            "network is trusted.",
-            file=sys.stderr,
+            "network is trusted."
         )
-        return 2
     if args.workers > 1 and settings.bus_url.startswith("memory://"):
-        print(
-            "sanic-chat: --workers > 1 needs a shared bus: set "
-            "SANIC_CHAT_BUS_URL=redis://host:6379/0 (the in-memory bus serves one process only)",
-            file=sys.stderr,
+        return _refuse(
+            "--workers > 1 needs a shared bus: set "
+            "SANIC_CHAT_BUS_URL=redis://host:6379/0 (the in-memory bus serves one process only)"
         )
-        return 2
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print(
             "sanic-chat: note: several workers on SQLite serialize their writes; use PostgreSQL "
@@ -85,8 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     _warn_unknown_variables(settings)
     problem = _check_environment(args, settings)
     if problem is not None:
-        print(f"sanic-chat: {problem}", file=sys.stderr)
-        return 2
+        return _refuse(problem)
     metrics_dir: str | None = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus-client is first imported: every worker writes its metrics
@@ -113,8 +114,7 @@ def _run_server(args: argparse.Namespace, settings: Settings) -> int:
         loader = AppLoader(factory=partial(_served_app, "sanic_chat"))
         app = loader.load()
     except (ConfigError, ModelsConfigError, ValueError) as exc:
-        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"configuration error: {exc}")
     app.prepare(
         host=args.host,
         port=args.port,
@@ -179,18 +179,15 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"configuration error: {exc}")
     _warn_unknown_variables(settings)
     try:
         # the store the server opens, through the same factory, with the schema made
         asyncio.run(migrate_store(settings))
     except StartupError as exc:
-        print(f"sanic-chat: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc))
     except ValueError as exc:  # a malformed URL
-        print(f"sanic-chat: configuration error: SANIC_CHAT_DATABASE_URL: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"configuration error: SANIC_CHAT_DATABASE_URL: {exc}")
     print(f"sanic-chat: schema is up to date ({redact_url(settings.database_url)})")
     return 0
 
@@ -208,8 +205,7 @@ def _token(args: argparse.Namespace) -> int:
 
     secret = os.environ.get("SANIC_CHAT_JWT_SECRET")
     if not secret:
-        print("sanic-chat: set SANIC_CHAT_JWT_SECRET to mint a development token", file=sys.stderr)
-        return 2
+        return _refuse("set SANIC_CHAT_JWT_SECRET to mint a development token")
     now = int(time.time())
     claims: dict[str, object] = {"sub": args.user, "iat": now, "exp": now + args.ttl}
     if os.environ.get("SANIC_CHAT_JWT_AUDIENCE"):
@@ -292,8 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         level = parse_log_level(os.environ.get("SANIC_CHAT_LOG_LEVEL"))
     except ConfigError as exc:
-        print(f"sanic-chat: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"configuration error: {exc}")
     # our own logger only: Sanic configures its loggers itself, and a root
     # handler would print each of their lines twice
     log_format = os.environ.get("SANIC_CHAT_LOG_FORMAT", "").strip().lower()
