@@ -18,9 +18,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-__all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "RedisSource", "redis_client"]
+__all__ = [
+    "LocalRateLimiter",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "RedisScriptStore",
+    "RedisSource",
+    "redis_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,31 @@ def redis_client(source: RedisSource, *, timeout_s: float) -> Any:
     return Redis(connection_pool=source())
 
 
+class RedisScriptStore:
+    """A security store on Redis (rate limiter, tickets): :meth:`start` opens a client on
+    ``redis`` (see :func:`redis_client`) and registers the store's one script as
+    ``self._script``; :meth:`close` closes the client."""
+
+    #: the store's Lua script, and how long one of its commands may take
+    LUA: ClassVar[str]
+    TIMEOUT_S: ClassVar[float]
+
+    def __init__(self, redis: RedisSource, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._redis: Any = None
+        self._script: Any = None
+
+    async def start(self) -> None:
+        self._redis = redis_client(self.redis, timeout_s=self.TIMEOUT_S)
+        self._script = self._redis.register_script(self.LUA)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
 def _pool_busy(exc: BaseException) -> bool:
     """``exc`` says no connection of the pool came free in time: Redis itself may be
     perfectly healthy."""
@@ -117,27 +149,18 @@ return 0
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(RedisScriptStore):
+    LUA = _GCRA
+    TIMEOUT_S = 2.0
+
     def __init__(
         self, redis: RedisSource, count: int, period_s: float, *, prefix: str = "sanic-chat:sec"
     ) -> None:
-        self.redis = redis
-        self.prefix = prefix
+        super().__init__(redis, prefix)
         self.interval_us = int(period_s / count * 1_000_000)
         self.tolerance_us = int(period_s * 1_000_000) - self.interval_us
         self.fallback = LocalRateLimiter(count, period_s)
-        self._redis: Any = None
-        self._script: Any = None
         self._warned_at = float("-inf")
-
-    async def start(self) -> None:
-        self._redis = redis_client(self.redis, timeout_s=2.0)
-        self._script = self._redis.register_script(_GCRA)
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
 
     async def acquire(self, key: str) -> float:
         from redis.exceptions import RedisError

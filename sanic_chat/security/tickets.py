@@ -22,10 +22,10 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..core.errors import RateLimited, Unavailable
-from .ratelimit import RedisSource, redis_client
+from .ratelimit import RedisScriptStore, RedisSource
 
 __all__ = ["MemoryTickets", "RedisTickets", "Ticket", "TicketStore"]
 
@@ -137,11 +137,14 @@ return 0
 """
 
 
-class RedisTickets:
+class RedisTickets(RedisScriptStore):
     """Tickets in Redis: ``{prefix}:ticket:{sha256}`` -> user, with a TTL;
     redeemed with ``GETDEL``. ``redis`` is the process's shared pool (or a URL for a
     pool of its own): a burst of mints waits for a free connection, never a 503 while
     Redis is healthy."""
+
+    LUA = _MINT
+    TIMEOUT_S = 5.0
 
     def __init__(
         self,
@@ -151,21 +154,9 @@ class RedisTickets:
         max_per_window: int = 60,
         prefix: str = "sanic-chat:sec",
     ) -> None:
-        self.redis = redis
+        super().__init__(redis, prefix)
         self.ttl_s = ttl_s
         self.max_per_window = max_per_window
-        self.prefix = prefix
-        self._redis: Any = None
-        self._mint: Any = None
-
-    async def start(self) -> None:
-        self._redis = redis_client(self.redis, timeout_s=5.0)
-        self._mint = self._redis.register_script(_MINT)
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
 
     async def mint(self, user: str) -> Ticket:
         from redis.exceptions import RedisError
@@ -174,7 +165,7 @@ class RedisTickets:
         ttl_ms = int(self.ttl_s * 1000)
         keys = [f"{self.prefix}:ticket:{_digest(ticket)}", f"{self.prefix}:tickets-of:{user}"]
         try:
-            left = await self._mint(keys=keys, args=[user, ttl_ms, self.max_per_window])
+            left = await self._script(keys=keys, args=[user, ttl_ms, self.max_per_window])
         except (RedisError, OSError) as exc:
             raise Unavailable(f"cannot store the ticket ({type(exc).__name__})") from None
         if int(left) > 0:
