@@ -11,24 +11,22 @@ import pytest
 
 from tests.server import RunningServer
 
-from .support import jwt_env, server_with
+from .support import serve_jwt
 
 
 @pytest.fixture(scope="session")
 def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("jwt"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "jwt",
+        args=("--access-log",),
         SANIC_CHAT_TICKET_TTL_S="2",
         SANIC_CHAT_RATE_LIMIT="600/minute",
         SANIC_CHAT_LOG_LEVEL="DEBUG",  # content must stay out even at DEBUG
     )
-    with server_with(env, args=("--access-log",)) as running:
-        yield running
 
 
 @pytest.fixture(scope="session")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """No authentication: everyone is ``local``."""
-    env = jwt_env(tmp_path_factory.mktemp("open"), SANIC_CHAT_AUTH="none")
-    with server_with(env) as running:
-        yield running
+    yield from serve_jwt(tmp_path_factory, "open", SANIC_CHAT_AUTH="none")

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -60,6 +61,19 @@ def jwt_env(directory: Path, **extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def server_with(env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> Iterator[RunningServer]:
     with run_server(env, args=args) as running:
+        yield running
+
+
+def serve_jwt(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    *,
+    args: tuple[str, ...] = (),
+    **settings: str,
+) -> Iterator[RunningServer]:
+    """A server on ``jwt_env`` and ``settings``, its files in a fresh directory ``name``;
+    a fixture's whole body is ``yield from serve_jwt(...)`` (stopped when it ends)."""
+    with server_with(jwt_env(tmp_path_factory.mktemp(name), **settings), args=args) as running:
         yield running
 
 
@@ -205,3 +219,36 @@ async def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
     the same test keep running)."""
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.request(method, url, **kwargs)
+
+
+async def new_conversation(server: RunningServer, user: str) -> dict[str, Any]:
+    """A conversation of ``user``'s, created over HTTP (the created resource)."""
+    response = await request(
+        "POST", f"{server.base_url}/api/v1/conversations", headers=bearer(user), json={}
+    )
+    return dict(response.json())
+
+
+async def post_message(
+    server: RunningServer, user: str, conversation_id: str, content: str
+) -> httpx.Response:
+    """``user`` posts ``content`` to a conversation over HTTP, with a fresh client id."""
+    return await request(
+        "POST",
+        f"{server.base_url}/api/v1/conversations/{conversation_id}/messages",
+        headers=bearer(user),
+        json={"client_id": str(uuid.uuid4()), "content": content},
+    )
+
+
+async def history(
+    server: RunningServer, user: str, conversation_id: str, query: str = ""
+) -> list[dict[str, Any]]:
+    """A conversation's messages as ``user`` reads them over HTTP (``query``: e.g.
+    ``?limit=200``)."""
+    response = await request(
+        "GET",
+        f"{server.base_url}/api/v1/conversations/{conversation_id}/messages{query}",
+        headers=bearer(user),
+    )
+    return list(response.json()["items"])

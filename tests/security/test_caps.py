@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from sanic_chat.config import ConfigError, Settings
 from tests.server import RunningServer
 
-from .support import chat, jwt_env, recv, refused_upgrade, send, server_with, ws_connect
+from .support import chat, recv, refused_upgrade, send, serve_jwt, ws_connect
 
 JWT = {"SANIC_CHAT_AUTH": "jwt", "SANIC_CHAT_JWT_SECRET": "s" * 40}
 
@@ -72,13 +72,12 @@ PROCESS_CAP = 3
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("caps"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "caps",
         SANIC_CHAT_AUTH="none",
         SANIC_CHAT_MAX_CONNECTIONS=str(PROCESS_CAP),
     )
-    with server_with(env) as running:
-        yield running
 
 
 async def test_the_process_cap_refuses_the_next_connection_with_429_until_one_closes(

@@ -27,12 +27,12 @@ from .support import (
     TERMINAL,
     bearer,
     create,
-    jwt_env,
+    history,
     new_user,
     recv,
     request,
     send,
-    server_with,
+    serve_jwt,
     ws_connect,
 )
 
@@ -81,13 +81,12 @@ TYPES = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("fuzz"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "fuzz",
         SANIC_CHAT_MAX_FRAME_BYTES=str(FRAME_LIMIT),
         SANIC_CHAT_RATE_LIMIT="600/minute",
     )
-    with server_with(env) as running:
-        yield running
 
 
 class Hostile:
@@ -448,21 +447,9 @@ async def test_hostile_frames_never_hurt_the_server_or_another_user(server: Runn
     assert accepted, "no hostile-but-valid create was accepted: the test lost its teeth"
     for client_id, frame in accepted.items():
         assert frame["message"]["content"] == hostile.creates[client_id]
-        items = (
-            await request(
-                "GET",
-                f"{server.base_url}/api/v1/conversations/{frame['conversation_id']}/messages",
-                headers=bearer(attacker),
-            )
-        ).json()["items"]
+        items = await history(server, attacker, frame["conversation_id"])
         assert items[0]["content"] == hostile.creates[client_id]
-    items = (
-        await request(
-            "GET",
-            f"{server.base_url}/api/v1/conversations/{victim.conversation_id}/messages?limit=200",
-            headers=bearer(victim.user),
-        )
-    ).json()["items"]
+    items = await history(server, victim.user, victim.conversation_id, "?limit=200")
     assert [m["content"] for m in items if m["role"] == "user"] == victim.sent
     assert {m["id"]: m["content"] for m in items if m["role"] == "assistant"} == victim.replies
     assert {m["status"] for m in items} == {"complete"}

@@ -20,12 +20,12 @@ from .support import (
     bearer,
     chat,
     create,
+    history,
     jwt_env,
     mint_ticket,
     new_user,
     postgres_schema,
     recv,
-    request,
     send,
     server_with,
     until,
@@ -97,12 +97,8 @@ async def a(server: RunningServer) -> AsyncIterator[WorldOfA]:
         completed = await until(ws, "generation.completed", timeout=30)
         assert completed["generation_id"] == running["generation_id"]
         assert completed["message"]["status"] == "complete"
-    history = await request(
-        "GET",
-        f"{server.base_url}/api/v1/conversations/{accepted['conversation_id']}/messages",
-        headers=bearer(user),
-    )
-    assert [m["status"] for m in history.json()["items"]] == ["complete"] * 4
+    stored = await history(server, user, accepted["conversation_id"])
+    assert [m["status"] for m in stored] == ["complete"] * 4
 
 
 def still_streaming(server: RunningServer, a: WorldOfA) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -17,13 +16,15 @@ from .support import (
     bearer,
     chat,
     create,
-    jwt_env,
+    history,
+    new_conversation,
     new_user,
+    post_message,
     recv,
     refused_upgrade,
     request,
     send,
-    server_with,
+    serve_jwt,
     until,
     ws_connect,
 )
@@ -36,8 +37,9 @@ FRAME_RATE = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("limits"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "limits",
         SANIC_CHAT_MAX_FRAME_BYTES=str(FRAME_LIMIT),
         SANIC_CHAT_MAX_BODY_BYTES=str(BODY_LIMIT),
         SANIC_CHAT_MAX_CONTENT_CHARS=str(CONTENT_LIMIT),
@@ -47,8 +49,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         SANIC_CHAT_MAX_RUNNING_REPLIES_PER_USER="1",
         SANIC_CHAT_IDLE_TIMEOUT_S="1",
     )
-    with server_with(env) as running:
-        yield running
 
 
 async def test_a_frame_over_the_size_limit_closes_the_socket_with_1009(
@@ -76,15 +76,8 @@ async def test_content_over_the_limit_is_too_large_and_the_socket_stays_open(
         )
         await ws.send('{"type": "ping"}')
         assert (await recv(ws))["type"] == "pong"
-    conversation = await request(
-        "POST", f"{server.base_url}/api/v1/conversations", headers=bearer(user), json={}
-    )
-    response = await request(
-        "POST",
-        f"{server.base_url}/api/v1/conversations/{conversation.json()['id']}/messages",
-        headers=bearer(user),
-        json={"client_id": str(uuid.uuid4()), "content": "y" * (CONTENT_LIMIT + 1)},
-    )
+    conversation = await new_conversation(server, user)
+    response = await post_message(server, user, conversation["id"], "y" * (CONTENT_LIMIT + 1))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
 
@@ -114,24 +107,13 @@ async def test_the_message_rate_is_limited_per_user_on_both_transports(
         await send(ws, **fifth)
         error = await recv(ws)
         assert (error["code"], error["ref"]) == ("rate_limited", fifth["client_id"])
-    response = await request(
-        "POST",
-        f"{server.base_url}/api/v1/conversations/{conversation_id}/messages",
-        headers=bearer(user),
-        json={"client_id": str(uuid.uuid4()), "content": "six"},
-    )
+    response = await post_message(server, user, conversation_id, "six")
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(response.headers["retry-after"]) <= 15
     # refused messages were not stored; another user has a rate of their own
-    history = (
-        await request(
-            "GET",
-            f"{server.base_url}/api/v1/conversations/{conversation_id}/messages",
-            headers=bearer(user),
-        )
-    ).json()["items"]
-    assert [m["content"] for m in history if m["role"] == "user"] == ["one", "two", "three", "four"]
+    stored = await history(server, user, conversation_id)
+    assert [m["content"] for m in stored if m["role"] == "user"] == ["one", "two", "three", "four"]
     async with ws_connect(server, bearer(new_user())) as ws:
         assert (await chat(ws, "mine"))[-1]["type"] == "generation.completed"
 
@@ -209,17 +191,8 @@ async def test_running_replies_per_user_are_limited(server: RunningServer) -> No
         await send(ws, **refused)
         error = await until(ws, "error")
         assert (error["code"], error["ref"]) == ("rate_limited", refused["client_id"])
-        conversation = (
-            await request(
-                "POST", f"{server.base_url}/api/v1/conversations", headers=bearer(user), json={}
-            )
-        ).json()
-        response = await request(
-            "POST",
-            f"{server.base_url}/api/v1/conversations/{conversation['id']}/messages",
-            headers=bearer(user),
-            json={"client_id": str(uuid.uuid4()), "content": "and over HTTP"},
-        )
+        conversation = await new_conversation(server, user)
+        response = await post_message(server, user, conversation["id"], "and over HTTP")
         assert response.status_code == 429
         await until(ws, "generation.completed", timeout=20)
         # the slot is free again once the reply ended (4 attempts: within the rate)

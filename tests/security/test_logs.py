@@ -16,11 +16,10 @@ from .support import (
     SECRET,
     bearer,
     chat,
-    jwt_env,
     mint_ticket,
     new_user,
     refused_upgrade,
-    server_with,
+    serve_jwt,
     sse_lines,
     token,
     ws_connect,
@@ -55,13 +54,9 @@ async def test_tickets_tokens_secrets_and_content_stay_out_of_the_log(
 
 @pytest.fixture(scope="module")
 def chatty_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    env = jwt_env(
-        tmp_path_factory.mktemp("chatty"),
-        SANIC_CHAT_LOG_CONTENT="1",
-        SANIC_CHAT_LOG_LEVEL="DEBUG",
+    yield from serve_jwt(
+        tmp_path_factory, "chatty", SANIC_CHAT_LOG_CONTENT="1", SANIC_CHAT_LOG_LEVEL="DEBUG"
     )
-    with server_with(env) as running:
-        yield running
 
 
 async def test_content_is_logged_only_when_asked_for(chatty_server: RunningServer) -> None:

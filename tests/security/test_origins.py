@@ -13,11 +13,10 @@ from tests.server import RunningServer
 
 from .support import (
     bearer,
-    jwt_env,
     new_user,
     refused_upgrade,
     request,
-    server_with,
+    serve_jwt,
     until,
     ws_connect,
 )
@@ -27,12 +26,9 @@ ALLOWED = "https://app.example.com"
 
 @pytest.fixture(scope="module")
 def listed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("origins"),
-        SANIC_CHAT_ALLOWED_ORIGINS=f"{ALLOWED},http://localhost:5173",
+    yield from serve_jwt(
+        tmp_path_factory, "origins", SANIC_CHAT_ALLOWED_ORIGINS=f"{ALLOWED},http://localhost:5173"
     )
-    with server_with(env) as running:
-        yield running
 
 
 def own_origin(server: RunningServer) -> str:

@@ -24,7 +24,7 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 
 from tests.server import RunningServer
 
-from .support import bearer, jwt_env, new_user, server_with
+from .support import bearer, jwt_env, new_user, serve_jwt, server_with
 
 #: the Sanic release the request-head hooks (sanic_internals.py) were written against
 SANIC_CHECKED = "25.12."
@@ -36,21 +36,18 @@ HALF_HEAD = b"GET /api/v1/conversations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(tmp_path_factory.mktemp("slowloris"), SANIC_CHAT_HEADER_TIMEOUT_S=str(DEADLINE_S))
-    with server_with(env) as running:
-        yield running
+    yield from serve_jwt(tmp_path_factory, "slowloris", SANIC_CHAT_HEADER_TIMEOUT_S=str(DEADLINE_S))
 
 
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A deadline far away, so that only the cap (20) can close anything."""
-    env = jwt_env(
-        tmp_path_factory.mktemp("capped"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "capped",
         SANIC_CHAT_HEADER_TIMEOUT_S="120",
         SANIC_CHAT_MAX_PENDING_HANDSHAKES="20",
     )
-    with server_with(env) as running:
-        yield running
 
 
 def _address(server: RunningServer) -> tuple[str, int]:

@@ -22,6 +22,7 @@ from .support import (
     jwt_env,
     new_user,
     refused_upgrade,
+    serve_jwt,
     server_with,
     token,
     until,
@@ -103,13 +104,12 @@ async def test_a_good_token_works_on_http_and_on_the_upgrade(jwt_server: Running
 
 @pytest.fixture(scope="module")
 def aud_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = jwt_env(
-        tmp_path_factory.mktemp("aud"),
+    yield from serve_jwt(
+        tmp_path_factory,
+        "aud",
         SANIC_CHAT_JWT_AUDIENCE="sanic-chat",
         SANIC_CHAT_JWT_ISSUER="https://issuer.example",
     )
-    with server_with(env) as running:
-        yield running
 
 
 @pytest.mark.parametrize(
