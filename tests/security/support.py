@@ -25,6 +25,14 @@ from tests.server import RunningServer, migrated_schema, run_server
 
 SECRET = "test-secret-" + "x" * 52  # 64 bytes: enough even for HS512
 TERMINAL = {"generation.completed", "generation.cancelled", "generation.failed"}
+#: client frame types (docs/protocol.md) the hostile-input tests draw frames from
+CLIENT_FRAME_TYPES = [
+    "message.create",
+    "generation.cancel",
+    "conversation.subscribe",
+    "generation.resume",
+    "ping",
+]
 
 #: ``demo`` is quick; ``slow`` runs a few seconds (time to act while it runs)
 MODELS_TOML = """

@@ -22,14 +22,9 @@ from sanic_chat.core.events import (
     decode_client_frame,
 )
 
+from .support import CLIENT_FRAME_TYPES
+
 MAX_CONTENT = 200
-TYPES = [
-    "message.create",
-    "generation.cancel",
-    "conversation.subscribe",
-    "generation.resume",
-    "ping",
-]
 FIELDS = ["type", "client_id", "content", "conversation_id", "generation_id", "offset", "model"]
 
 #: every code point, lone surrogates included
@@ -80,7 +75,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 frame_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(TYPES) | json_values},
+    {"type": st.sampled_from(CLIENT_FRAME_TYPES) | json_values},
     optional={field: json_values for field in FIELDS[1:]},
 )
 

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.server import RunningServer
 
 from .support import (
+    CLIENT_FRAME_TYPES,
     TERMINAL,
     bearer,
     create,
@@ -69,13 +70,6 @@ ESCAPED_SURROGATES = [
     "\\ude00\\ud83d",
     "\\ud83d\\ude00",
     "\\u0000",
-]
-TYPES = [
-    "message.create",
-    "generation.cancel",
-    "conversation.subscribe",
-    "generation.resume",
-    "ping",
 ]
 
 
@@ -215,7 +209,7 @@ class Hostile:
 
     def _types(self) -> bytes:
         rng = self.rng
-        frame: dict[str, Any] = {"type": rng.choice(TYPES)}
+        frame: dict[str, Any] = {"type": rng.choice(CLIENT_FRAME_TYPES)}
         for field in (
             "client_id",
             "content",
