@@ -260,3 +260,22 @@ async def history(
         headers=bearer(user),
     )
     return list(response.json()["items"])
+
+
+async def whole_history(
+    server: RunningServer, user: str, conversation_id: str
+) -> list[dict[str, Any]]:
+    """Every message of a conversation, oldest first, following ``next_before``."""
+    items: list[dict[str, Any]] = []
+    query = "?limit=200"
+    while True:
+        response = await request(
+            "GET",
+            f"{server.base_url}/api/v1/conversations/{conversation_id}/messages{query}",
+            headers=bearer(user),
+        )
+        page = response.json()
+        items = list(page["items"]) + items
+        if not page["next_before"]:
+            return items
+        query = f"?limit=200&before={page['next_before']}"
