@@ -17,12 +17,14 @@ three WebSocket behaviours below; the design they come from is sanic-org/sanic#2
    message: one connection took a process from 85 to 379 MiB in 10 s, never given
    back, and twenty stalled the loop so that a bystander could not even connect
    (benchmarks/RESULTS.md, "WebSocket input flood"). Here a connection's reads go
-   to one queue drained by one task, in order; past :data:`INPUT_BACKLOG_BYTES`
-   queued, or past its frame budget (:data:`FRAMES_PER_S`, burst
+   to one queue drained by one task, in order, a batch of frames at a time, each
+   batch paid from the connection's frame budget (:data:`FRAMES_PER_S`, burst
    :data:`FRAME_BURST`, every frame type counted -- a ping costs a counter, not a
-   Redis round trip), the socket is not read (``transport.pause_reading``) until
-   the backlog drains and the budget refills: real TCP backpressure, the sender
-   waits. The queue and its task go when the connection does. Delete when Sanic
+   Redis round trip) before it is handled; past :data:`INPUT_BACKLOG_BYTES`
+   queued, the socket is not read (``transport.pause_reading``) until the backlog
+   drains: real TCP backpressure, the sender waits, and a flooding connection gets
+   no more of the loop than its budget. The queue and its task go when the
+   connection does. Delete when Sanic
    bounds a connection's unprocessed input and pauses reading for every frame type.
 2. **Frame to handler in one turn** (:func:`receive_message`). ``recv(timeout)``
    wraps the assembler's ``get`` in a task and races it with ``asyncio.wait``;
@@ -99,8 +101,8 @@ WEBSOCKETS_CHECKED = ((17, 0), (18, 0))
 INPUT_BACKLOG_BYTES = 256 * 1024
 #: what a parsed frame holds beyond its payload (object, list slot), for the count above
 _FRAME_OVERHEAD = 200
-#: every frame a connection sends, of any type, spends one of these; an empty
-#: budget pauses reading until it refills. Far above what a person's client sends
+#: every frame a connection sends, of any type, spends one of these before it is
+#: handled; an empty budget waits until it refills. Far above what a person's client sends
 #: (a few a second), and the burst takes a batch of subscribes after a reconnect.
 #: Each frame taken still costs a parse and a handler turn, so the budget is what
 #: bounds the CPU a flooding connection takes from everyone else (benchmarks/RESULTS.md,
@@ -117,7 +119,7 @@ _INPUT = "_sanic_chat_input"
 class _Input:
     """One connection's queue of parsed reads, its drain task and its frame budget."""
 
-    __slots__ = ("budget", "budget_at", "pending", "queued", "refill", "worker")
+    __slots__ = ("budget", "budget_at", "pending", "queued", "worker")
 
     def __init__(self, now: float) -> None:
         self.pending: deque[tuple[Callable[..., Awaitable[None]], list[Any], list[Any], int]]
@@ -126,7 +128,12 @@ class _Input:
         self.worker: asyncio.Task[None] | None = None
         self.budget = FRAME_BURST
         self.budget_at = now
-        self.refill: asyncio.TimerHandle | None = None
+
+
+#: a read's frames are handled this many at a time, each batch paid from the budget
+#: first: one network read can carry thousands of small frames, and handling them in
+#: one go would hold the event loop for everyone else
+_BATCH = 32
 
 
 def _cost(data_to_send: list[bytes], events: list[Any]) -> int:
@@ -155,50 +162,51 @@ def _enqueue(
     ws: Any, step: Callable[..., Awaitable[None]], out: list[Any], events: list[Any]
 ) -> None:
     state = _state(ws)
+    # the first batch carries what the read asks to send (a pong, a close); the
+    # rest only frames, in order
+    batches = [events[i : i + _BATCH] for i in range(0, len(events), _BATCH)] or [[]]
+    for i, batch in enumerate(batches):
+        sends = out if i == 0 else []
+        cost = _cost(sends, batch)
+        state.pending.append((step, sends, batch, cost))
+        state.queued += cost
+    if state.queued > INPUT_BACKLOG_BYTES and (t := _transport(ws)):
+        t.pause_reading()
+    if state.worker is None:
+        state.worker = asyncio.get_running_loop().create_task(_drain(ws, state))
+
+
+async def _spend(state: _Input, frames: int) -> None:
+    """Take ``frames`` from the budget, waiting for it to refill when it is short."""
     loop = asyncio.get_running_loop()
-    cost = _cost(out, events)
-    state.pending.append((step, out, events, cost))
-    state.queued += cost
-    if events:
+    while True:
         now = loop.time()
         state.budget = min(FRAME_BURST, state.budget + (now - state.budget_at) * FRAMES_PER_S)
         state.budget_at = now
-        state.budget -= len(events)
-    if (state.queued > INPUT_BACKLOG_BYTES or state.budget < 0) and (t := _transport(ws)):
-        t.pause_reading()
-        if state.budget < 0 and state.refill is None:
-            state.refill = loop.call_later(-state.budget / FRAMES_PER_S, _refilled, ws, state)
-    if state.worker is None:
-        state.worker = loop.create_task(_drain(ws, state))
-
-
-def _refilled(ws: Any, state: _Input) -> None:
-    state.refill = None
-    _maybe_resume(ws, state)
+        if state.budget >= frames:
+            state.budget -= frames
+            return
+        await asyncio.sleep((frames - state.budget) / FRAMES_PER_S)
 
 
 def _maybe_resume(ws: Any, state: _Input) -> None:
-    """Read again once the backlog is down to half, the budget is not in debt, and
-    Sanic itself has not paused reading (a message waiting for its reader)."""
+    """Read again once the backlog is down to half, unless Sanic itself has paused
+    reading (a message waiting for its reader)."""
     if state.queued > INPUT_BACKLOG_BYTES // 2 or ws.pause_frame_fut is not None:
-        return
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    budget = min(FRAME_BURST, state.budget + (now - state.budget_at) * FRAMES_PER_S)
-    if budget < 0:
-        if state.refill is None:
-            state.refill = loop.call_later(-budget / FRAMES_PER_S, _refilled, ws, state)
         return
     if (t := _transport(ws)) is not None:
         t.resume_reading()  # idempotent
 
 
 async def _drain(ws: Any, state: _Input) -> None:
-    """The connection's reads, in the order they came, one at a time (as Sanic's
-    task per read did under its ``process_event_mutex``)."""
+    """The connection's reads, in the order they came, one batch at a time (as
+    Sanic's task per read did under its ``process_event_mutex``), each batch's
+    frames paid from the budget before they are handled."""
     try:
         while state.pending:
             step, out, events, cost = state.pending[0]
+            if events:
+                await _spend(state, len(events))
             try:
                 await step(out, events)
             except Exception as exc:  # as a task per read would have: that read only
@@ -243,9 +251,6 @@ def bound_websocket_input() -> None:
             # nothing will read what is queued: let it go now, not at the next GC
             state.pending.clear()
             state.queued = 0
-            if state.refill is not None:
-                state.refill.cancel()
-                state.refill = None
             if state.worker is not None:
                 state.worker.cancel()
 
