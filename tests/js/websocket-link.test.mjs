@@ -111,6 +111,26 @@ describe("WebSocket link", { timeout: 10_000 }, () => {
     );
   });
 
+  test("a large message whose connection dies abnormally twice fails; a small one is re-sent", async () => {
+    const { chat, sockets } = await connected();
+    const big = chat.send("b".repeat(100 * 1024), { conversationId: C });
+    const small = chat.send("small", { conversationId: C });
+    await until(() => sockets[0].frames("message.create").length === 2, "both sends");
+    sockets[0].drop(1006); // the server's 1009 lost to a reset: nothing said about size
+    await reconnected(sockets, 2);
+    await until(() => sockets[1].frames("message.create").length === 2, "one blind re-send of each");
+    sockets[1].drop(1006);
+    await assert.rejects(big.accepted, { code: "too_large" });
+    await reconnected(sockets, 3);
+    await until(() => sockets[2].frames("message.create").length === 1, "the small one again");
+    // the big one was sent twice, never a third time; the small one keeps its place
+    assert.equal(sockets[2].frames("message.create")[0].client_id, small.clientId);
+    assert.deepEqual(
+      chat.pending.map((p) => p.clientId),
+      [small.clientId]
+    );
+  });
+
   test("an error frame too_large fails the message; a reconnect does not re-send it", async () => {
     const { chat, sockets } = await connected();
     const sent = chat.send("too long for the server", { conversationId: C });

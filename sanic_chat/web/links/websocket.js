@@ -16,6 +16,11 @@
  * - A frame the server closes the connection for (1009) fails the largest
  *   message sent on that connection: it would be refused again on every
  *   reconnect, without end.
+ * - The server's 1009 can reach the page as an abnormal close (1006: its TCP
+ *   reset while the big frame was still being written), which says nothing
+ *   about size. A large message (over SUSPECT_BYTES) sent on two connections
+ *   that both died that way before acknowledging it fails too, as too large:
+ *   at most one blind re-send, never a loop.
  */
 
 import { frameTooLong, frameTooLarge, messageFrame, decodeFrame } from "../state.js";
@@ -26,6 +31,9 @@ const CLOSE_RESYNC = 4001;
 const CLOSE_SLOW = 4008;
 /** WebSocket close code of a frame larger than the server accepts. */
 const CLOSE_TOO_BIG = 1009;
+const CLOSE_ABNORMAL = 1006;
+/** Frames up to this size are re-sent after any number of abnormal closes. */
+const SUSPECT_BYTES = 64 * 1024;
 
 /** @typedef {import("../sanic-chat.js").LinkHost} LinkHost */
 /** @typedef {import("../sanic-chat.js").Link} Link */
@@ -116,6 +124,7 @@ export class WebSocketLink {
       }
       // a frame too big: the message in it fails (it would be refused again)
       if (event.code === CLOSE_TOO_BIG) this._frameRefused(seq);
+      else if (event.code === CLOSE_ABNORMAL) this._diedWhileSending(seq);
       // 1000 only when we closed it; 1001 server going away; 4008 too slow: all resume by offset
       host._scheduleReconnect({ immediate: event.code === CLOSE_SLOW || event.code === CLOSE_RESYNC });
     };
@@ -281,6 +290,17 @@ export class WebSocketLink {
     const host = this.host;
     const culprit = host._outbox.largestSentOn(seq);
     if (!culprit) return;
+    const max = host.limits ? host.limits.max_frame_bytes : null;
+    host._sendFailed(culprit.pending, frameTooLarge(culprit.bytes, max));
+  }
+
+  /** Connection `seq` died abnormally (1006). Its largest unacknowledged
+   * message, when large and already sent once before on a connection that
+   * died, fails as too large (see the invariants above). */
+  _diedWhileSending(seq) {
+    const host = this.host;
+    const culprit = host._outbox.largestSentOn(seq);
+    if (!culprit || culprit.bytes <= SUSPECT_BYTES || culprit.pending.sends < 2) return;
     const max = host.limits ? host.limits.max_frame_bytes : null;
     host._sendFailed(culprit.pending, frameTooLarge(culprit.bytes, max));
   }
