@@ -245,8 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--frame", choices=sorted(FRAMES), default="ping")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server and bystander on CPU 0, the flooders on CPU 1 (an attacker is on "
+        "another machine: this keeps the flooders' own work off the server's core)",
+    )
     args = parser.parse_args(argv)
     with serve() as (process, port):
+        if args.pin:
+            os.sched_setaffinity(process.pid, {0})
+            os.sched_setaffinity(0, {0})
         ws_url = f"ws://127.0.0.1:{port}/ws"
         idle = asyncio.run(bystander_pings(ws_url, 5.0))
         before = rss_mib(process.pid)
@@ -270,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             args=(sent, "127.0.0.1", port, args.seconds, args.connections, args.frame),
         )
         flooder.start()
+        if args.pin and flooder.pid is not None:
+            os.sched_setaffinity(flooder.pid, {1})
         time.sleep(1.0)  # the process starts, and its connections upgrade
         loaded = asyncio.run(bystander_pings(ws_url, args.seconds - 1.5))
         frames_sent = sent.get(timeout=60)
