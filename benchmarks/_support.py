@@ -1,5 +1,5 @@
-"""Helpers the benchmarks share that tests/server.py does not give them
-(a benchmark imports from tests/ only if it already runs a test server)."""
+"""Helpers the benchmarks share (tests/server.py uses them too: a benchmark
+imports from tests/ only if it already runs a test server)."""
 
 from __future__ import annotations
 

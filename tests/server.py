@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks._support import drop_schema
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -189,19 +191,6 @@ def drop_test_schema(database_url: str) -> None:
 
     with contextlib.suppress(psycopg2.Error):
         drop_schema(base, schema)
-
-
-def drop_schema(base_url: str, schema: str) -> None:
-    """``DROP SCHEMA ... CASCADE`` on the PostgreSQL database at ``base_url``."""
-    import psycopg2
-
-    admin = psycopg2.connect(base_url, connect_timeout=5)
-    try:
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        admin.close()
 
 
 def migrate_store(url: str) -> None:
