@@ -164,7 +164,10 @@ def _enqueue(
     state = _state(ws)
     # the first batch carries what the read asks to send (a pong, a close); the
     # rest only frames, in order
-    batches = [events[i : i + _BATCH] for i in range(0, len(events), _BATCH)] or [[]]
+    if len(events) <= _BATCH:  # the usual read: one frame, no slicing
+        batches = [events]
+    else:
+        batches = [events[i : i + _BATCH] for i in range(0, len(events), _BATCH)]
     for i, batch in enumerate(batches):
         sends = out if i == 0 else []
         cost = _cost(sends, batch)
